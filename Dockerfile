@@ -1,0 +1,70 @@
+# syntax=docker/dockerfile:1
+# diffusion_lib course image: the pinned course environment + JupyterLab, run as a non-root user.
+#
+# GPU and driver: requirements.txt pins torch==2.14.1 / torchvision==0.29.1, whose PyPI wheels
+# are CUDA 13.0 builds that bring their own CUDA runtime. The host needs only the NVIDIA driver
+# and the NVIDIA Container Toolkit. CUDA 13.x needs a driver of branch R580 or newer
+# (NVIDIA lists >= 580.65.06 for CUDA 13.0 on Linux); check with `nvidia-smi`.
+# Older driver: rebuild with another CUDA build of the same torch/torchvision versions, e.g.
+#   docker compose build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126
+# (CUDA 12.x builds run on drivers >= 525.60.13; pick a CUDA tag that pytorch.org lists for
+# torch 2.14.1). The versions always come from requirements.txt.
+#
+# Build:  docker compose build       Run: docker compose up       (see README, section docker)
+FROM python:3.11-slim-bookworm
+
+# Container user; match your host user (id -u / id -g) so files in mounted folders are yours.
+ARG USER_UID=1000
+ARG USER_GID=1000
+# Empty: torch/torchvision from PyPI (CUDA 13). Otherwise a PyTorch wheel index URL.
+ARG TORCH_INDEX_URL=""
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    TORCH_HOME=/opt/torch \
+    WORKSPACE=/workspace
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
+RUN groupadd --non-unique --gid "${USER_GID}" student \
+    && useradd --non-unique --uid "${USER_UID}" --gid "${USER_GID}" --create-home --shell /bin/bash student \
+    && install -d -o "${USER_UID}" -g "${USER_GID}" /workspace /home/student/.cache "${TORCH_HOME}"
+
+WORKDIR /workspace
+
+# The course environment: exactly the requirements file CI installs, with the same command.
+# With TORCH_INDEX_URL, torch/torchvision of the pinned versions come from that index first;
+# `pip install -r requirements.txt` then finds them already satisfied.
+COPY requirements.txt ./
+RUN if [[ -n "${TORCH_INDEX_URL}" ]]; then \
+        pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" \
+            "$(grep -E '^torch==' requirements.txt)" "$(grep -E '^torchvision==' requirements.txt)"; \
+    fi \
+    && pip install --no-cache-dir -r requirements.txt
+
+# Inception weights for FID / IS / KID (torchmetrics -> torch-fidelity), fetched into the torch
+# cache now so that scoring works offline. A failed download fails the build.
+RUN python -c "from torchmetrics.image.fid import FrechetInceptionDistance; FrechetInceptionDistance(feature=2048)" \
+    && test -s "${TORCH_HOME}/hub/checkpoints/weights-inception-2015-12-05-6726825d.pth" \
+    && chown -R "${USER_UID}:${USER_GID}" "${TORCH_HOME}"
+
+# The project itself (see .dockerignore), its Jupyter kernel, and the entry scripts.
+# The kernel takes the name "python3", the kernelspec the notebooks are stored with, so that
+# they open on it without a kernel dialog and keep their metadata; JupyterLab shows only it
+# (docker/jupyter_server_config.py). docker/overrides.json: JupyterLab defaults (no news).
+COPY --chown=${USER_UID}:${USER_GID} . /workspace
+RUN pip install --no-cache-dir --no-deps -e . \
+    && python -m ipykernel install --sys-prefix --name python3 --display-name "Python (diffusion_lib)" \
+    && install -D -m 0644 docker/overrides.json "$(python -c 'import sys; print(sys.prefix)')/share/jupyter/lab/settings/overrides.json" \
+    && chmod 0755 docker/entrypoint.sh docker/start-lab.sh \
+    && chown -R "${USER_UID}:${USER_GID}" /workspace
+
+ENV HOME=/home/student
+USER ${USER_UID}:${USER_GID}
+EXPOSE 8888
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8888/api', timeout=4)"]
+
+ENTRYPOINT ["/workspace/docker/entrypoint.sh"]
+CMD ["/workspace/docker/start-lab.sh"]

@@ -1,0 +1,135 @@
+"""Command line: ``python -m diffusion_lib {train, sample, ...}``. Run any command with ``--help``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .training import Trainer
+
+    config = load_config(args.config, args.set)
+    output = Path(args.output or Path("runs") / config.name)
+    if not args.resume and (output / "checkpoints" / "last.ckpt").exists():
+        raise ValueError(f"{output} already holds a checkpoint; pass --resume to continue it or choose another --output")
+    trainer = Trainer(config, output, resume=args.resume, progress=not args.no_progress)
+    print(f"training {config.name}: {sum(p.numel() for p in trainer.model.parameters()):,} parameters on "
+          f"{trainer.device}, {len(trainer.dataset)} images, steps {trainer.step} -> {config.training.max_steps}")
+    checkpoint = trainer.train()
+    grid = trainer.save_samples(output / "samples" / "final.png")
+    print(f"checkpoint: {checkpoint}\nsample grid: {grid}\nlog: {output / 'log.csv'}")
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from .checkpoint import load_model
+    from .device import resolve_device
+    from .sampling import cycle_labels, sample
+    from .viz import by_class, save_grid, save_npz
+
+    out = Path(args.out)
+    if out.suffix not in (".png", ".npz"):
+        raise ValueError(f"--out must end in .png (grid) or .npz (arrays); got {out}")
+    if args.num_samples < 1:
+        raise ValueError(f"--num-samples must be >= 1; got {args.num_samples}")
+    device = resolve_device(args.device)
+    loaded = load_model(args.checkpoint, device=device, use_ema=not args.no_ema)
+    if loaded.schedule is None:
+        raise ValueError(f"{args.checkpoint} holds a {loaded.config.model.kind} model; `sample` needs a diffusion UNet")
+    num_classes = loaded.data["num_classes"] if getattr(loaded.model, "null_label", None) is not None else 0
+    if args.labels is not None:
+        if num_classes == 0:
+            raise ValueError("--labels given, but the checkpoint holds an unconditional model")
+        labels = torch.tensor(args.labels, dtype=torch.long).repeat(args.num_samples // len(args.labels) + 1)[:args.num_samples]
+    else:
+        labels = cycle_labels(args.num_samples, num_classes) if num_classes else None
+    if labels is None and args.guidance_scale not in (None, 0.0, 1.0):
+        raise ValueError(f"--guidance-scale {args.guidance_scale} needs a class-conditional model")
+    s = loaded.config.sampling
+    guidance = args.guidance_scale if args.guidance_scale is not None else (s.guidance_scale if labels is not None else 1.0)
+    d = loaded.data
+    generator = torch.Generator().manual_seed(args.seed)
+    extra = {"eta": args.eta} if args.sampler == "ddim" else {"variance_type": args.variance_type}
+    steps = args.num_inference_steps or (s.num_inference_steps if args.sampler == "ddim" else None)
+    images = []
+    for start in range(0, args.num_samples, args.batch_size):
+        y = labels[start:start + args.batch_size].to(device) if labels is not None else None
+        n = min(args.batch_size, args.num_samples - start)
+        result = sample(loaded.model, loaded.schedule, args.sampler, shape=(n, d["channels"], d["image_size"], d["image_size"]),
+                        y=y, guidance_scale=guidance, num_inference_steps=steps, generator=generator,
+                        prediction_type=loaded.config.diffusion.prediction_type, clip_sample=not args.no_clip,
+                        progress=not args.no_progress, **extra)
+        images.append(result.images.cpu())
+    images = torch.cat(images)
+    if out.suffix == ".npz":
+        save_npz(images, out, labels)
+    elif labels is not None:
+        ordered, per_row = by_class(images, labels)
+        save_grid(ordered, out, nrow=per_row)
+    else:
+        save_grid(images, out, nrow=max(1, int(len(images) ** 0.5)))
+    print(f"wrote {len(images)} samples ({args.sampler}, steps={steps or loaded.schedule.num_train_timesteps}, "
+          f"guidance_scale={guidance}) to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every sub-command (also used to document them)."""
+    parser = argparse.ArgumentParser(prog="python -m diffusion_lib", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a model from a YAML config",
+                                description="Train the model a YAML config describes; writes checkpoints, log.csv "
+                                            "and sample grids to the output folder.")
+    train.add_argument("--config", required=True, help="YAML experiment config, e.g. configs/digits_cfg.yaml")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value with a dotted key, e.g. --set training.max_steps=200 (repeatable)")
+    train.add_argument("--output", help="output folder (default: runs/<config name>)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from OUTPUT/checkpoints/last.ckpt exactly where it stopped")
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train.set_defaults(func=_train)
+
+    smp = commands.add_parser("sample", help="draw samples from a checkpoint into a PNG grid or an NPZ",
+                              description="Sample from a trained diffusion checkpoint (EMA weights).")
+    smp.add_argument("--checkpoint", required=True, help="a checkpoint written by `train` (…/checkpoints/last.ckpt)")
+    smp.add_argument("--num-samples", type=int, default=100, help="how many images (default 100)")
+    smp.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim", help="reverse process (default ddim)")
+    smp.add_argument("--num-inference-steps", type=int,
+                     help="sampler steps K (default: the config's for DDIM, all T for DDPM)")
+    smp.add_argument("--guidance-scale", type=float,
+                     help="classifier-free guidance w: 0 unconditional, 1 conditional, >1 guided (default: the config's)")
+    smp.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity, 0 deterministic (default 0)")
+    smp.add_argument("--variance-type", choices=["fixed_small", "fixed_large"], default="fixed_small",
+                     help="DDPM sigma_t^2: posterior variance (fixed_small, default) or beta_t (fixed_large)")
+    smp.add_argument("--labels", type=int, nargs="+",
+                     help="class labels to sample, repeated to fill --num-samples (default: cycle through every class)")
+    smp.add_argument("--seed", type=int, default=0, help="random seed; same seed, same samples (default 0)")
+    smp.add_argument("--out", required=True, help="output file: .png (grid, one row per class) or .npz (images, labels)")
+    smp.add_argument("--batch-size", type=int, default=256, help="images generated at once (default 256)")
+    smp.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, ... (default auto)")
+    smp.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
+    smp.add_argument("--no-clip", action="store_true", help="do not clip predicted x_0 to [-1, 1]")
+    smp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    smp.set_defaults(func=_sample)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; bad input exits with status 2 and a one-line message instead of a traceback."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

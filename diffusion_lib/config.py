@@ -1,0 +1,302 @@
+"""Typed experiment configuration: dataclasses loaded from YAML, validated, overridable with dotted keys.
+
+A YAML file has one section per dataclass below (``data``, ``model``, ``diffusion``,
+``training``, ``sampling``); every key is optional and falls back to the default shown here.
+Unknown keys and bad values raise ``ValueError`` naming the key. From the command line::
+
+    python -m diffusion_lib train --config configs/digits_cfg.yaml --set training.max_steps=200
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .checkpoint import atomic_write_text
+from .diffusion import PREDICTION_TYPES
+from .schedules import available_schedules
+
+SAMPLER_NAMES = ("ddpm", "ddim")
+MODEL_KINDS = ("unet", "vae")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass
+class DataConfig:
+    """Where the training images come from.
+
+    Attributes:
+        source: a registered data source (``diffusion_lib.data.available_sources()``), e.g. "digits".
+        image_size: side length in pixels the images are resized to.
+        val_fraction: fraction held out for validation, in [0, 1).
+        options: extra keyword arguments for the source (``root``, ``path``, ``download``, ...).
+    """
+
+    source: str = "digits"
+    image_size: int = 16
+    val_fraction: float = 0.0
+    options: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        _require(self.image_size >= 4, f"data.image_size must be >= 4; got {self.image_size}")
+        _require(0.0 <= self.val_fraction < 1.0, f"data.val_fraction must be in [0, 1); got {self.val_fraction}")
+
+
+@dataclass
+class ModelConfig:
+    """Network hyper-parameters (see :class:`~diffusion_lib.models.UNet`).
+
+    Attributes:
+        kind: "unet" (diffusion) or "vae" (baseline).
+        conditional: class-conditional (ConditionalUNet with a null label) or not.
+        base_channels, channel_mults, num_res_blocks, attention_levels, num_heads, dropout, norm_groups: UNet.
+        latent_dim: VAE latent size (kind "vae" only).
+    """
+
+    kind: str = "unet"
+    conditional: bool = True
+    base_channels: int = 64
+    channel_mults: list[int] = field(default_factory=lambda: [1, 2, 2])
+    num_res_blocks: int = 2
+    attention_levels: list[int] = field(default_factory=lambda: [1])
+    num_heads: int = 4
+    dropout: float = 0.0
+    norm_groups: int = 8
+    latent_dim: int = 16
+
+    def __post_init__(self):
+        _require(self.kind in MODEL_KINDS, f"model.kind must be one of {list(MODEL_KINDS)}; got {self.kind!r}")
+        _require(self.base_channels >= 1, f"model.base_channels must be >= 1; got {self.base_channels}")
+        _require(len(self.channel_mults) >= 1 and all(m >= 1 for m in self.channel_mults),
+                 f"model.channel_mults must be a non-empty list of ints >= 1; got {self.channel_mults}")
+        _require(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1); got {self.dropout}")
+
+
+@dataclass
+class DiffusionConfig:
+    """The forward process and the training target.
+
+    Attributes:
+        num_train_timesteps: T.
+        beta_schedule: a registered schedule name.
+        schedule_kwargs: extra arguments for the schedule function.
+        prediction_type: "epsilon", "v_prediction" or "sample".
+        p_uncond: label-dropout probability for classifier-free guidance (conditional models).
+    """
+
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "linear"
+    schedule_kwargs: dict = field(default_factory=dict)
+    prediction_type: str = "epsilon"
+    p_uncond: float = 0.1
+
+    def __post_init__(self):
+        _require(self.num_train_timesteps >= 1, f"diffusion.num_train_timesteps must be >= 1; got {self.num_train_timesteps}")
+        _require(self.beta_schedule in available_schedules(),
+                 f"diffusion.beta_schedule {self.beta_schedule!r} is unknown; available: {available_schedules()}")
+        _require(self.prediction_type in PREDICTION_TYPES,
+                 f"diffusion.prediction_type must be one of {list(PREDICTION_TYPES)}; got {self.prediction_type!r}")
+        _require(0.0 <= self.p_uncond <= 1.0, f"diffusion.p_uncond must be in [0, 1]; got {self.p_uncond}")
+
+
+@dataclass
+class TrainingConfig:
+    """The optimisation loop.
+
+    Attributes:
+        max_steps: optimiser steps in total (a resumed run continues up to this number).
+        batch_size: images per step.
+        learning_rate: AdamW peak learning rate, reached after ``warmup_steps`` of linear warm-up.
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear learning-rate warm-up length.
+        grad_clip: max global gradient norm (0 disables clipping).
+        ema_decay: EMA decay of the weights; the effective decay warms up as min(decay, (1 + n) / (10 + n)).
+        amp: mixed precision (bf16 or fp16) when training on CUDA; ignored on CPU and MPS.
+        log_every: steps between CSV log rows.
+        sample_every: steps between sample grids written to ``samples/`` (0 disables).
+        checkpoint_every: steps between checkpoints (the final step is always saved).
+        seed: seeds the data order, the noise and the initial weights.
+        device: "auto" (cuda, then mps, then cpu), or an explicit torch device string.
+        vae_beta: weight of the KL term for kind "vae" (beta-VAE, Higgins et al. 2017).
+    """
+
+    max_steps: int = 2000
+    batch_size: int = 64
+    learning_rate: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    amp: bool = True
+    log_every: int = 50
+    sample_every: int = 0
+    checkpoint_every: int = 500
+    seed: int = 0
+    device: str = "auto"
+    vae_beta: float = 1.0
+
+    def __post_init__(self):
+        for key in ("max_steps", "batch_size", "log_every", "checkpoint_every"):
+            _require(getattr(self, key) >= 1, f"training.{key} must be >= 1; got {getattr(self, key)}")
+        _require(self.learning_rate > 0, f"training.learning_rate must be > 0; got {self.learning_rate}")
+        _require(0.0 <= self.ema_decay < 1.0, f"training.ema_decay must be in [0, 1); got {self.ema_decay}")
+        _require(self.grad_clip >= 0 and self.warmup_steps >= 0 and self.sample_every >= 0,
+                 "training.grad_clip, warmup_steps and sample_every must be >= 0")
+
+
+@dataclass
+class SamplingConfig:
+    """Defaults for sample grids during training and for ``python -m diffusion_lib sample``.
+
+    Attributes:
+        sampler: "ddpm" or "ddim".
+        num_inference_steps: K steps of the sampler.
+        guidance_scale: classifier-free guidance w (0 unconditional, 1 conditional, > 1 guided).
+        eta: DDIM stochasticity.
+        clip_sample: clip predicted x_0 to [-1, 1].
+        samples_per_class: columns of the per-class grid (unconditional models: images / 10).
+    """
+
+    sampler: str = "ddim"
+    num_inference_steps: int = 50
+    guidance_scale: float = 3.0
+    eta: float = 0.0
+    clip_sample: bool = True
+    samples_per_class: int = 10
+
+    def __post_init__(self):
+        _require(self.sampler in SAMPLER_NAMES, f"sampling.sampler must be one of {list(SAMPLER_NAMES)}; got {self.sampler!r}")
+        _require(self.num_inference_steps >= 1, f"sampling.num_inference_steps must be >= 1; got {self.num_inference_steps}")
+        _require(self.guidance_scale >= 0 and self.eta >= 0, "sampling.guidance_scale and sampling.eta must be >= 0")
+
+
+@dataclass
+class ExperimentConfig:
+    """One experiment: a name and the five sections above."""
+
+    name: str = "experiment"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (YAML/JSON/checkpoint friendly)."""
+        return dataclasses.asdict(self)
+
+
+def from_dict(cls: type, data: dict | None, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict, checking keys and types recursively.
+
+    Raises:
+        ValueError: an unknown key (named with its dotted path and the accepted keys), a value
+            of the wrong type, or a value the dataclass rejects.
+    """
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ValueError(f"config section {prefix.rstrip('.') or '<root>'} must be a mapping; got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ValueError(f"unknown config key(s) {[prefix + k for k in unknown]}; accepted in this section: {names}")
+    values = {key: _coerce(hints[key], value, prefix + key) for key, value in data.items()}
+    return cls(**values)
+
+
+def _coerce(kind: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(kind):
+        return from_dict(kind, value, key + ".")
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(kind) if a is not type(None)]
+        return None if value is None else _coerce(options[0], value, key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config key {key} must be a list; got {value!r}")
+        (item,) = typing.get_args(kind)
+        return [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if kind is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"config key {key} must be a mapping; got {value!r}")
+        return dict(value)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"config key {key} must be true or false; got {value!r}")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"config key {key} must be an integer; got {value!r}")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"config key {key} must be a number; got {value!r}")
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise ValueError(f"config key {key} must be a string; got {value!r}")
+        return value
+    return value
+
+
+def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
+    """Apply ``section.key=value`` overrides to a nested dict (values parsed as YAML: 200, 0.5, true, [1, 2]).
+
+    Raises:
+        ValueError: an override without "=" or whose path crosses a non-mapping.
+    """
+    data = dict(data)
+    for override in overrides or []:
+        if "=" not in override:
+            raise ValueError(f"override {override!r} must look like section.key=value (e.g. training.max_steps=200)")
+        path, raw = override.split("=", 1)
+        keys = path.strip().split(".")
+        node = data
+        for key in keys[:-1]:
+            child = node.get(key, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"override {override!r}: {key!r} is not a section")
+            node[key] = dict(child)
+            node = node[key]
+        node[keys[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load an :class:`ExperimentConfig` from YAML (or defaults when ``path`` is None), then apply overrides.
+
+    Args:
+        path: a YAML file.
+        overrides: dotted ``key=value`` strings.
+
+    Returns:
+        The validated config.
+
+    Raises:
+        ValueError: unreadable YAML, unknown keys, wrong types or bad values (the key is named).
+        FileNotFoundError: ``path`` does not exist.
+    """
+    data: dict = {}
+    if path is not None:
+        text = Path(path).read_text()
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"config file {path} is not valid YAML: {error}") from error
+    return from_dict(ExperimentConfig, apply_overrides(data, overrides))
+
+
+def save_config(config: ExperimentConfig, path: str | Path) -> None:
+    """Write ``config`` as YAML (atomically)."""
+    atomic_write_text(Path(path), yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,191 @@
+"""The forward process, its posterior, prediction conversions and the training loss.
+
+Notation follows Ho et al. 2020 ("DDPM"): x_0 data in [-1, 1], eps ~ N(0, I), alpha_bar_t the
+fraction of signal variance kept at step t. Timesteps are int64 in [0, T-1] (index 0 is the
+paper's t = 1). Every function takes the :class:`~diffusion_lib.schedules.NoiseSchedule` whose
+buffers it reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .schedules import NoiseSchedule, broadcast
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def randn(shape, generator: torch.Generator | None = None, device: torch.device | str | None = None) -> torch.Tensor:
+    """Standard normal noise drawn on the generator's device, then moved to ``device``.
+
+    Drawing on the generator's device makes a seed give the same numbers whatever device the
+    model runs on (a CPU generator gives CPU-identical samples on CUDA).
+
+    Args:
+        shape: output shape.
+        generator: optional ``torch.Generator``; None uses the global RNG.
+        device: where the result should live (defaults to the generator's device).
+
+    Returns:
+        float32 tensor of ``shape``.
+    """
+    source = generator.device if generator is not None else (device or "cpu")
+    return torch.randn(shape, generator=generator, device=source).to(device or source)
+
+
+def check_prediction_type(prediction_type: str) -> None:
+    """Raise ValueError unless ``prediction_type`` is one of :data:`PREDICTION_TYPES`."""
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"unknown prediction_type {prediction_type!r}; accepted: {list(PREDICTION_TYPES)}")
+
+
+def q_sample(schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Sample x_t ~ q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)  (Ho et al. 2020, eq. 4).
+
+    Args:
+        schedule: the noise schedule.
+        x0: clean images (B, C, H, W), float, in [-1, 1].
+        t: int64 (B,) timesteps in [0, T-1].
+        noise: eps, same shape as ``x0``, standard normal.
+
+    Returns:
+        x_t, same shape and dtype as ``x0``.
+    """
+    return broadcast(schedule.sqrt_alphas_cumprod, t, x0) * x0 + broadcast(schedule.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+
+
+@dataclass
+class Posterior:
+    """Gaussian q(x_{t-1} | x_t, x_0): ``mean`` (B, C, H, W); ``variance`` and ``log_variance`` (B, 1, 1, 1)."""
+
+    mean: torch.Tensor
+    variance: torch.Tensor
+    log_variance: torch.Tensor
+
+
+def q_posterior(schedule: NoiseSchedule, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> Posterior:
+    """The forward-process posterior q(x_{t-1} | x_t, x_0) = N(mu~_t, beta~_t I)  (Ho et al. 2020, eqs. 6-7).
+
+    mu~_t = sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t) x_0 + sqrt(alpha_t) (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) x_t.
+
+    Args:
+        schedule: the noise schedule.
+        x0: (B, C, H, W) clean (or predicted clean) images.
+        x_t: (B, C, H, W) noisy images at step t.
+        t: int64 (B,) in [0, T-1].
+
+    Returns:
+        :class:`Posterior` with mean, variance beta~_t and its clipped log.
+    """
+    mean = broadcast(schedule.posterior_mean_coef1, t, x_t) * x0 + broadcast(schedule.posterior_mean_coef2, t, x_t) * x_t
+    return Posterior(mean, broadcast(schedule.posterior_variance, t, x_t),
+                     broadcast(schedule.posterior_log_variance_clipped, t, x_t))
+
+
+def predict_x0_from_eps(schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)  (eq. 4 solved for x_0; Ho et al. 2020, eq. 15)."""
+    return (x_t - broadcast(schedule.sqrt_one_minus_alphas_cumprod, t, x_t) * eps) / broadcast(schedule.sqrt_alphas_cumprod, t, x_t)
+
+
+def predict_eps_from_x0(schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    """eps = (x_t - sqrt(alpha_bar_t) x_0) / sqrt(1 - alpha_bar_t)  (eq. 4 solved for eps)."""
+    return (x_t - broadcast(schedule.sqrt_alphas_cumprod, t, x_t) * x0) / broadcast(schedule.sqrt_one_minus_alphas_cumprod, t, x_t)
+
+
+def v_target(schedule: NoiseSchedule, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Velocity v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0  (Salimans & Ho 2022, sec. 4)."""
+    return broadcast(schedule.sqrt_alphas_cumprod, t, x0) * noise - broadcast(schedule.sqrt_one_minus_alphas_cumprod, t, x0) * x0
+
+
+def to_x0_and_eps(schedule: NoiseSchedule, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+                  prediction_type: str = "epsilon") -> tuple[torch.Tensor, torch.Tensor]:
+    """Convert a model output of any ``prediction_type`` to the pair (predicted x_0, predicted eps).
+
+    - "epsilon": the output is eps (Ho et al. 2020).
+    - "v_prediction": x_0 = sqrt(abar) x_t - sqrt(1-abar) v, eps = sqrt(1-abar) x_t + sqrt(abar) v (Salimans & Ho 2022, eq. 11).
+    - "sample": the output is x_0.
+
+    Args:
+        schedule: the noise schedule.
+        model_output: (B, C, H, W) network output.
+        x_t: (B, C, H, W) the network's input.
+        t: int64 (B,) timesteps.
+        prediction_type: one of :data:`PREDICTION_TYPES`.
+
+    Returns:
+        (x0, eps), each shaped like ``x_t``.
+
+    Raises:
+        ValueError: unknown ``prediction_type``.
+    """
+    check_prediction_type(prediction_type)
+    if prediction_type == "epsilon":
+        return predict_x0_from_eps(schedule, x_t, t, model_output), model_output
+    if prediction_type == "sample":
+        return model_output, predict_eps_from_x0(schedule, x_t, t, model_output)
+    a, b = broadcast(schedule.sqrt_alphas_cumprod, t, x_t), broadcast(schedule.sqrt_one_minus_alphas_cumprod, t, x_t)
+    return a * x_t - b * model_output, b * x_t + a * model_output
+
+
+@dataclass
+class TrainingLossOutput:
+    """What one training step computed: ``loss`` (scalar), and the batch's ``t``, ``noise``, ``x_t``, ``model_output``, ``target``."""
+
+    loss: torch.Tensor
+    t: torch.Tensor
+    noise: torch.Tensor
+    x_t: torch.Tensor
+    model_output: torch.Tensor
+    target: torch.Tensor
+
+
+def training_loss(model: nn.Module, schedule: NoiseSchedule, x0: torch.Tensor, y: torch.Tensor | None = None, *,
+                  prediction_type: str = "epsilon", p_uncond: float = 0.0,
+                  generator: torch.Generator | None = None) -> TrainingLossOutput:
+    """The simplified DDPM objective on one batch (Ho et al. 2020, Algorithm 1; L_simple, eq. 14).
+
+    With ``p_uncond`` > 0 each label is replaced by the model's null label with that probability,
+    so one network learns both p(x | y) and p(x) (Ho & Salimans 2022, Algorithm 1).
+
+    Args:
+        model: ``model(x_t, t, y) -> prediction`` of the same shape as ``x_t``.
+        schedule: the noise schedule (on the same device as ``x0``).
+        x0: clean images (B, C, H, W), float32 in [-1, 1].
+        y: int64 class labels (B,) in [0, num_classes-1], or None for an unconditional model.
+        prediction_type: "epsilon" (target eps) or "v_prediction" (target v) or "sample" (target x_0).
+        p_uncond: label-dropout probability in [0, 1]; needs a model with a ``null_label`` attribute.
+        generator: random source for t, eps and the dropout mask (same seed, same loss).
+
+    Returns:
+        :class:`TrainingLossOutput`; ``loss`` is the mean squared error, a float scalar.
+
+    Raises:
+        ValueError: bad ``prediction_type`` or ``p_uncond``, or label dropout on a model without a null label.
+    """
+    check_prediction_type(prediction_type)
+    if not 0.0 <= p_uncond <= 1.0:
+        raise ValueError(f"p_uncond must be in [0, 1]; got {p_uncond}")
+    null_label = getattr(model, "null_label", None)
+    if y is not None and p_uncond > 0 and null_label is None:
+        raise ValueError("p_uncond > 0 needs a conditional model with a null label (ConditionalUNet)")
+    batch, T = x0.shape[0], schedule.num_train_timesteps
+    # Start
+    t = torch.randint(0, T, (batch,), generator=generator, device=_device_of(generator, x0)).to(x0.device)  # Alg. 1 line 3: t ~ U{1..T}
+    noise = randn(x0.shape, generator, x0.device)  # line 4: eps ~ N(0, I)
+    x_t = q_sample(schedule, x0, t, noise)  # sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps  (eq. 4)
+    if y is not None and p_uncond > 0:
+        drop = torch.rand(batch, generator=generator, device=_device_of(generator, x0)).to(x0.device) < p_uncond  # CFG: drop labels
+        y = torch.where(drop, torch.full_like(y, null_label), y)  # null label = "no class"
+    model_output = model(x_t, t, y)  # eps_theta(x_t, t, y)
+    target = {"epsilon": noise, "v_prediction": v_target(schedule, x0, noise, t), "sample": x0}[prediction_type]
+    loss = F.mse_loss(model_output.float(), target.float())  # line 5: || eps - eps_theta ||^2
+    # End
+    return TrainingLossOutput(loss, t, noise, x_t, model_output, target)
+
+
+def _device_of(generator: torch.Generator | None, x: torch.Tensor) -> torch.device:
+    return generator.device if generator is not None else x.device

@@ -1,0 +1,340 @@
+"""The Trainer: batches, loss, AdamW, EMA, AMP, gradient clipping, logging, sample grids, checkpoints, resume.
+
+One loop trains both the diffusion UNet (the loss of :func:`diffusion_lib.diffusion.training_loss`)
+and the VAE baseline (its ELBO). Everything that decides what happens next (weights, EMA,
+optimizer, learning-rate schedule, step, every random generator and the data order) is saved in
+the checkpoint, so a resumed run continues exactly where the interrupted one stopped.
+
+Output folder::
+
+    config.yaml           the resolved config
+    log.csv               step, loss, lr, images_per_sec (+ recon, kl for the VAE)
+    checkpoints/last.ckpt the latest checkpoint (atomic)
+    samples/step_*.png    periodic sample grids (EMA weights); samples/final.png at the end
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import ExperimentConfig, save_config
+from .device import resolve_device
+from .diffusion import training_loss
+from .models import build_model
+from .sampling import cycle_labels, sample
+from .schedules import NoiseSchedule
+from .viz import by_class, save_grid
+
+
+class EMA:
+    """Exponential moving average of a model's weights (Polyak averaging; Ho et al. 2020 used decay 0.9999).
+
+    The decay warms up as min(decay, (1 + n) / (10 + n)) after n updates, so early averages are
+    not dominated by the random initialisation. Buffers are copied, not averaged.
+
+    Args:
+        model: the model being trained; a frozen copy is kept in ``self.model``.
+        decay: target decay in [0, 1).
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+        self.num_updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Move every averaged parameter toward the model's: ema += (1 - decay_n) (param - ema)."""
+        self.num_updates += 1
+        decay = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
+        ema_params = list(self.model.parameters())
+        torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1.0 - decay)
+        for ema_buffer, buffer in zip(self.model.buffers(), model.buffers()):
+            ema_buffer.copy_(buffer)
+
+
+def build_network(config: ExperimentConfig, channels: int, image_size: int, num_classes: int) -> nn.Module:
+    """The network the config asks for, fitted to the data's channels, size and classes.
+
+    Raises:
+        ValueError: a conditional model on unlabeled data, or bad hyper-parameters.
+    """
+    m = config.model
+    if m.kind == "vae":
+        return build_model("vae", dict(in_channels=channels, image_size=image_size, latent_dim=m.latent_dim,
+                                       base_channels=m.base_channels, channel_mults=tuple(m.channel_mults)))
+    if m.conditional and num_classes < 1:
+        raise ValueError(f"model.conditional is true but data source {config.data.source!r} has no labels; "
+                         "set model.conditional=false")
+    unet = dict(in_channels=channels, base_channels=m.base_channels, channel_mults=m.channel_mults,
+                num_res_blocks=m.num_res_blocks, attention_levels=m.attention_levels, num_heads=m.num_heads,
+                dropout=m.dropout, norm_groups=m.norm_groups)
+    return build_model("unet", {**unet, "num_classes": num_classes if m.conditional else None})
+
+
+class Trainer:
+    """Trains the model an :class:`ExperimentConfig` describes.
+
+    Args:
+        config: the experiment.
+        output_dir: where logs, checkpoints and samples go (created).
+        dataset: an ``ImageDataset``-like object with ``get_batch(indices)``, ``__len__``, ``channels``,
+            ``image_size``, ``num_classes`` and ``class_names``; default: ``load_dataset`` from ``config.data``.
+        resume: continue from ``output_dir/checkpoints/last.ckpt`` (which must exist).
+        progress: show a tqdm progress bar.
+
+    Raises:
+        ValueError: bad config, data that does not fit the model, or a resume checkpoint from another experiment.
+        FileNotFoundError: ``resume`` without a checkpoint.
+    """
+
+    def __init__(self, config: ExperimentConfig, output_dir: str | Path, dataset=None, resume: bool = False,
+                 progress: bool = True):
+        self.config = config
+        self.output_dir = Path(output_dir)
+        self.progress = progress
+        self.device = resolve_device(config.training.device)
+        if dataset is None:
+            from .data import load_dataset
+
+            dataset = load_dataset(config.data.source, image_size=config.data.image_size, **config.data.options)
+        if len(dataset) < 1:
+            raise ValueError("the training dataset is empty")
+        self.dataset = dataset
+        self.conditional = config.model.kind == "unet" and config.model.conditional
+
+        torch.manual_seed(config.training.seed)
+        self.model = build_network(config, dataset.channels, dataset.image_size, dataset.num_classes).to(self.device)
+        self.ema = EMA(self.model, config.training.ema_decay)
+        self.schedule = None
+        if config.model.kind == "unet":
+            d = config.diffusion
+            self.schedule = NoiseSchedule(d.beta_schedule, d.num_train_timesteps, **d.schedule_kwargs).to(self.device)
+        t = config.training
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: min(1.0, (step + 1) / (t.warmup_steps + 1)))
+        self.amp_dtype = self._amp_dtype()
+        self.grad_scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.generator = torch.Generator(self.device).manual_seed(t.seed)   # noise, timesteps, label dropout
+        self.data_generator = torch.Generator().manual_seed(t.seed + 1)     # data order
+        self.step = 0
+        self._order = torch.empty(0, dtype=torch.long)
+        self._cursor = 0
+        if resume:
+            self.load(self.checkpoint_path)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        """``output_dir/checkpoints/last.ckpt``."""
+        return self.output_dir / "checkpoints" / "last.ckpt"
+
+    # ----- the loop ------------------------------------------------------------------------------
+
+    def train(self, max_steps: int | None = None) -> Path:
+        """Train until ``max_steps`` (default ``config.training.max_steps``) and save the final checkpoint.
+
+        Interrupting (Ctrl-C) saves a checkpoint first, so ``resume=True`` continues from there.
+
+        Returns:
+            The path of the last checkpoint.
+        """
+        t = self.config.training
+        max_steps = t.max_steps if max_steps is None else max_steps
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(self.config, self.output_dir / "config.yaml")
+        log = self._open_log()
+        self.model.train()
+        bar = tqdm(total=max_steps, initial=self.step, desc=self.config.name, disable=not self.progress, dynamic_ncols=True)
+        window_seconds, window_images = 0.0, 0  # training time only: sampling and checkpoints excluded
+        try:
+            while self.step < max_steps:
+                start = time.perf_counter()
+                x0, y = self._next_batch()
+                terms = self.train_step(x0, y)
+                window_seconds += time.perf_counter() - start
+                window_images += len(x0)
+                bar.update(1)
+                if self.step % t.log_every == 0 or self.step == max_steps:
+                    images_per_sec = window_images / max(window_seconds, 1e-9)
+                    row = {"step": self.step, **terms, "lr": self.lr_scheduler.get_last_lr()[0],
+                           "images_per_sec": images_per_sec}
+                    log(row)
+                    bar.set_postfix(loss=f"{terms['loss']:.4f}", img_s=f"{images_per_sec:.0f}")
+                    window_seconds, window_images = 0.0, 0
+                if t.sample_every and self.step % t.sample_every == 0:
+                    self.save_samples(self.output_dir / "samples" / f"step_{self.step:07d}.png")
+                if self.step % t.checkpoint_every == 0:
+                    self.save(self.checkpoint_path)
+        except KeyboardInterrupt:
+            self.save(self.checkpoint_path)
+            raise
+        finally:
+            bar.close()
+        self.save(self.checkpoint_path)
+        return self.checkpoint_path
+
+    def train_step(self, x0: torch.Tensor, y: torch.Tensor | None) -> dict[str, float]:
+        """One optimiser step on a batch; returns the logged loss terms (python floats)."""
+        t = self.config.training
+        with self._autocast():
+            loss, terms = self._loss(x0, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.grad_scaler.scale(loss).backward()
+        if t.grad_clip > 0:
+            self.grad_scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        self.grad_scaler.step(self.optimizer)
+        self.grad_scaler.update()
+        self.lr_scheduler.step()
+        self.ema.update(self.model)
+        self.step += 1
+        return terms
+
+    def _loss(self, x0: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+        if self.schedule is None:  # VAE baseline: beta-weighted negative ELBO
+            out = self.model.loss(x0, beta=self.config.training.vae_beta, generator=self.generator)
+            return out.loss, {"loss": out.loss.item(), "recon": out.recon.item(), "kl": out.kl.item()}
+        d = self.config.diffusion
+        out = training_loss(self.model, self.schedule, x0, y if self.conditional else None,
+                            prediction_type=d.prediction_type, p_uncond=d.p_uncond, generator=self.generator)
+        return out.loss, {"loss": out.loss.item()}
+
+    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The next batch of a seeded random permutation, reshuffled every epoch."""
+        batch_size = min(self.config.training.batch_size, len(self.dataset))
+        if self._cursor + batch_size > len(self._order):
+            self._order = torch.randperm(len(self.dataset), generator=self.data_generator)
+            self._cursor = 0
+        indices = self._order[self._cursor:self._cursor + batch_size]
+        self._cursor += batch_size
+        x0, y = self.dataset.get_batch(indices)
+        return x0.to(self.device, non_blocking=True), (y.to(self.device) if y is not None else None)
+
+    def _amp_dtype(self) -> torch.dtype | None:
+        if not (self.config.training.amp and self.device.type == "cuda"):
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=self.amp_dtype)
+
+    def _open_log(self):
+        """A function appending a row to log.csv; rows past the current step (from a crashed run) are dropped."""
+        path = self.output_dir / "log.csv"
+        rows = []
+        if path.exists():
+            with path.open(newline="") as handle:
+                rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= self.step]
+        fields = ["step", "loss", "recon", "kl", "lr", "images_per_sec"] if self.schedule is None else \
+            ["step", "loss", "lr", "images_per_sec"]
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+
+        def log(row: dict) -> None:
+            with path.open("a", newline="") as handle:
+                csv.DictWriter(handle, fieldnames=fields).writerow(
+                    {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+        return log
+
+    # ----- samples -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, num_samples: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Samples from the EMA weights with the config's sampling settings (VAE: from the prior).
+
+        Conditional models cycle through the classes. Returns (images (N, C, H, W) in [-1, 1], labels or None).
+        """
+        s = self.config.sampling
+        classes = max(self.dataset.num_classes, 1) if self.conditional else 10
+        num_samples = num_samples or s.samples_per_class * classes
+        generator = torch.Generator(self.device).manual_seed(seed)
+        model = self.ema.model
+        if self.schedule is None:
+            return model.sample(num_samples, generator=generator), None
+        labels = cycle_labels(num_samples, self.dataset.num_classes).to(self.device) if self.conditional else None
+        shape = (num_samples, self.dataset.channels, self.dataset.image_size, self.dataset.image_size)
+        out = sample(model, self.schedule, s.sampler, shape=shape, y=labels,
+                     guidance_scale=s.guidance_scale if self.conditional else 1.0,
+                     num_inference_steps=s.num_inference_steps, clip_sample=s.clip_sample,
+                     prediction_type=self.config.diffusion.prediction_type, generator=generator,
+                     **({"eta": s.eta} if s.sampler == "ddim" else {}))
+        return out.images, labels
+
+    def save_samples(self, path: Path) -> Path:
+        """Write a grid of :meth:`generate`'s samples: one row per class for conditional models."""
+        images, labels = self.generate()
+        if labels is not None:
+            images, per_row = by_class(images, labels)
+        else:
+            per_row = int(math.sqrt(len(images)))
+        return save_grid(images, path, nrow=per_row)
+
+    # ----- checkpoints ---------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly (see :mod:`diffusion_lib.checkpoint`)."""
+        rng = {"torch": torch.get_rng_state(), "generator": self.generator.get_state(),
+               "data_generator": self.data_generator.get_state(), "order": self._order, "cursor": self._cursor}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        dataset = self.dataset
+        return {
+            "config": self.config.to_dict(),
+            "model_config": self.model.config,
+            "data": {"source": self.config.data.source, "channels": dataset.channels, "image_size": dataset.image_size,
+                     "num_classes": dataset.num_classes, "class_names": list(dataset.class_names or [])},
+            "model": self.model.state_dict(),
+            "ema": self.ema.model.state_dict(),
+            "ema_num_updates": self.ema.num_updates,
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "grad_scaler": self.grad_scaler.state_dict(),
+            "step": self.step,
+            "rng": rng,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write a checkpoint atomically."""
+        save_checkpoint(self.state_dict(), path)
+        return Path(path)
+
+    def load(self, path: str | Path) -> None:
+        """Restore the full training state from a checkpoint of the same model.
+
+        Raises:
+            ValueError: corrupt/foreign file, or a checkpoint of a different model configuration.
+        """
+        state = load_checkpoint(path, map_location="cpu")
+        if state["model_config"] != self.model.config:
+            raise ValueError(f"checkpoint {path} holds a different model ({state['model_config']}) than this config "
+                             f"builds ({self.model.config}); use another --output folder or the matching config")
+        self.model.load_state_dict(state["model"])
+        self.ema.model.load_state_dict(state["ema"])
+        self.ema.num_updates = state.get("ema_num_updates", state["step"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.grad_scaler.load_state_dict(state["grad_scaler"])
+        self.step = state["step"]
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        self.generator.set_state(rng["generator"])
+        self.data_generator.set_state(rng["data_generator"])
+        self._order, self._cursor = rng["order"], rng["cursor"]
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])

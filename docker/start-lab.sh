@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Start JupyterLab the one way the image does (CMD) and tests/test_jupyterlab_browser.py does.
+#
+# Environment:
+#   JUPYTER_TOKEN        login token; empty or unset: a random one is generated and printed.
+#                        Shorter than 12 characters or containing spaces: refused.
+#   JUPYTER_IP           address to listen on (default 0.0.0.0 inside the container; compose
+#                        publishes the port on the host's 127.0.0.1 only).
+#   JUPYTER_PORT         port to listen on (default 8888).
+#   JUPYTER_PUBLIC_PORT  port the host sees, only for the printed URL (default JUPYTER_PORT).
+#   JUPYTER_ROOT_DIR     server root (default: the folder above docker/, i.e. /workspace).
+# Extra arguments are passed on to `jupyter lab`.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root_dir="${JUPYTER_ROOT_DIR:-$(dirname "$here")}"
+ip="${JUPYTER_IP:-0.0.0.0}"
+port="${JUPYTER_PORT:-8888}"
+public_port="${JUPYTER_PUBLIC_PORT:-$port}"
+token="${JUPYTER_TOKEN:-}"
+
+if [[ -z "$token" ]]; then
+    token="$(python -c 'import secrets; print(secrets.token_hex(24))')"
+    echo "start-lab: JUPYTER_TOKEN is not set; generated a random token for this run."
+fi
+if (( ${#token} < 12 )) || [[ "$token" =~ [[:space:]] ]]; then
+    echo "start-lab: refusing to start: JUPYTER_TOKEN must be at least 12 characters without" \
+         "spaces (or leave it empty to have one generated)." >&2
+    exit 64
+fi
+export JUPYTER_TOKEN="$token"
+
+extra=()
+if [[ "$(id -u)" == "0" ]]; then
+    extra+=(--allow-root)
+fi
+
+echo "start-lab: open http://127.0.0.1:${public_port}/lab?token=${token}"
+exec jupyter lab \
+    --config="${here}/jupyter_server_config.py" \
+    --ServerApp.ip="${ip}" \
+    --ServerApp.port="${port}" \
+    --ServerApp.root_dir="${root_dir}" \
+    --no-browser \
+    "${extra[@]}" "$@"
