@@ -23,7 +23,8 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     TORCH_HOME=/opt/torch \
-    WORKSPACE=/workspace
+    WORKSPACE=/workspace \
+    DIFFUSION_LIB_DATA=/workspace/datasets
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
@@ -39,7 +40,8 @@ WORKDIR /workspace
 COPY requirements.txt ./
 RUN if [[ -n "${TORCH_INDEX_URL}" ]]; then \
         pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" \
-            "$(grep -E '^torch==' requirements.txt)" "$(grep -E '^torchvision==' requirements.txt)"; \
+            "$(grep -oE '^torch==[0-9A-Za-z.+!]+' requirements.txt)" \
+            "$(grep -oE '^torchvision==[0-9A-Za-z.+!]+' requirements.txt)"; \
     fi \
     && pip install --no-cache-dir -r requirements.txt
 
@@ -50,9 +52,9 @@ RUN python -c "from torchmetrics.image.fid import FrechetInceptionDistance; Frec
     && chown -R "${USER_UID}:${USER_GID}" "${TORCH_HOME}"
 
 # The project itself (see .dockerignore), its Jupyter kernel, and the entry scripts.
-# The kernel takes the name "python3", the kernelspec the notebooks are stored with, so that
-# they open on it without a kernel dialog and keep their metadata; JupyterLab shows only it
-# (docker/jupyter_server_config.py). docker/overrides.json: JupyterLab defaults (no news).
+# The kernel takes the name "python3", the kernelspec name the notebooks are stored with, so
+# they open on it without a kernel dialog and papermill's `-k python3` runs it too; JupyterLab
+# offers only it (docker/jupyter_server_config.py). docker/overrides.json: no news prompt.
 COPY --chown=${USER_UID}:${USER_GID} . /workspace
 RUN pip install --no-cache-dir --no-deps -e . \
     && python -m ipykernel install --sys-prefix --name python3 --display-name "Python (diffusion_lib)" \

@@ -240,6 +240,11 @@ def _coerce(kind: Any, value: Any, key: str) -> Any:
             raise ValueError(f"config key {key} must be an integer; got {value!r}")
         return value
     if kind is float:
+        if isinstance(value, str):  # PyYAML (YAML 1.1) reads 1e-3 as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"config key {key} must be a number; got {value!r}")
         return float(value)

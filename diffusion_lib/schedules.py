@@ -97,16 +97,18 @@ def betas_from_alphas_cumprod(alpha_bar: Callable[[np.ndarray], np.ndarray], num
 
 
 @register_schedule("linear")
-def linear(num_train_timesteps: int, beta_start: float | None = None, beta_end: float | None = None) -> np.ndarray:
+def linear(num_train_timesteps: int, beta_start: float | None = None, beta_end: float | None = None,
+           max_beta: float = 0.999) -> np.ndarray:
     """Linear betas (Ho et al. 2020, sec. 4: 1e-4 to 0.02 for T = 1000).
 
-    Without explicit bounds, both are scaled by 1000 / T so any T gives the same total noise
-    (Nichol & Dhariwal 2021, improved-diffusion's ``get_named_beta_schedule``).
+    Without explicit bounds, both are scaled by 1000 / T so any T gives about the same total
+    noise (Nichol & Dhariwal 2021, improved-diffusion's ``get_named_beta_schedule``); for T < 50
+    the scaled betas would pass 1, so they are clipped at ``max_beta``.
     """
     scale = 1000.0 / num_train_timesteps
     beta_start = scale * 1e-4 if beta_start is None else beta_start
     beta_end = scale * 0.02 if beta_end is None else beta_end
-    return np.linspace(beta_start, beta_end, num_train_timesteps, dtype=np.float64)
+    return np.minimum(np.linspace(beta_start, beta_end, num_train_timesteps, dtype=np.float64), max_beta)
 
 
 @register_schedule("cosine")
@@ -142,9 +144,12 @@ def sqrt(num_train_timesteps: int, s: float = 1e-4, max_beta: float = 0.999) -> 
 
 
 @register_schedule("jsd")
-def jsd(num_train_timesteps: int) -> np.ndarray:
-    """beta_t = 1 / (T - t + 1): 1/T, 1/(T-1), ..., 1 (Sohl-Dickstein et al. 2015; DDPM code's "jsd")."""
-    return 1.0 / np.linspace(num_train_timesteps, 1, num_train_timesteps, dtype=np.float64)
+def jsd(num_train_timesteps: int, max_beta: float = 0.999) -> np.ndarray:
+    """beta_t = 1 / (T - t + 1): 1/T, 1/(T-1), ..., 1 (Sohl-Dickstein et al. 2015; DDPM code's "jsd").
+
+    The last beta (exactly 1) is clipped to ``max_beta`` so alpha_bar_T > 0 and x_0 stays recoverable.
+    """
+    return np.minimum(1.0 / np.linspace(num_train_timesteps, 1, num_train_timesteps, dtype=np.float64), max_beta)
 
 
 def broadcast(values: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -234,10 +239,8 @@ class NoiseSchedule(nn.Module):
         return len(self.betas)
 
     def log_snr(self) -> torch.Tensor:
-        """log(alpha_bar_t / (1 - alpha_bar_t)), float32 (T,), computed in float64 to stay finite."""
-        betas = self.betas.double()
-        abar = torch.cumprod(1.0 - betas, 0)
-        return (abar.log() - torch.log1p(-abar)).float()
+        """log SNR_t = log(alpha_bar_t / (1 - alpha_bar_t)), float32 (T,) (Kingma et al. 2021, eq. 1)."""
+        return self.snr.log()
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, num_train_timesteps={self.num_train_timesteps}"

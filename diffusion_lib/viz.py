@@ -22,10 +22,10 @@ def grid_image(images: torch.Tensor, nrow: int = 8, padding: int = 1) -> np.ndar
         padding: pixels between images (filled with -1, i.e. black).
 
     Returns:
-        uint8 array (H', W', C) in [0, 255].
+        uint8 array (H', W', C) in [0, 255], C as in ``images``.
     """
     grid = make_grid(images.detach().float().cpu(), nrow=nrow, padding=padding, pad_value=-1.0)
-    return to_uint8(grid[None])[0]
+    return to_uint8(grid[None, : images.shape[1]])[0]  # make_grid repeats 1 channel to 3; keep grayscale
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, padding: int = 1) -> Path:

@@ -228,13 +228,14 @@ def test_jupyterlab_in_headless_chromium(tmp_path):
                     "data-status", "idle", timeout=UI_TIMEOUT_MS
                 )
                 # Run code on that kernel in a new cell (in memory only; autosave is off).
-                panel.locator(".jp-Cell").first.click()
+                panel.locator(".jp-Cell").first.locator(".jp-InputPrompt").click()
                 page.keyboard.press("Escape")
                 page.keyboard.press("b")
                 page.keyboard.press("Enter")
                 page.keyboard.type(PROBE_CODE)
                 page.keyboard.press("Shift+Enter")
-                expect(panel.locator(".jp-OutputArea-output").filter(has_text="probe-ok")).to_contain_text(
+                output = panel.locator(".jp-OutputArea-output").filter(has_text="probe-ok")
+                expect(output).to_contain_text(
                     f"probe-ok {Path(sys.executable).resolve()}", timeout=UI_TIMEOUT_MS
                 )
             finally:

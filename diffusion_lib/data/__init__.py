@@ -7,10 +7,10 @@
 
 from .dataset import ImageDataset, SourceInfo
 from .prepare import clean_folder, process_files, scan_folder, split_dataset, to_channels, crop_box, resize_pixels
-from .sources import available_sources, gallery_images, load_dataset, register_source
-from .torchvision_sources import DatasetUnavailableError, default_root
+from .sources import available_sources, gallery_images, load_dataset, register_source, write_demo_folder
+from .torchvision_sources import DatasetUnavailableError, default_root, raw_image_folder
 
 __all__ = [
-    "ImageDataset", "SourceInfo", "DatasetUnavailableError", "default_root", "load_dataset", "register_source", "available_sources", "gallery_images",
+    "ImageDataset", "SourceInfo", "DatasetUnavailableError", "default_root", "load_dataset", "register_source", "available_sources", "gallery_images", "write_demo_folder", "raw_image_folder",
     "clean_folder", "scan_folder", "process_files", "split_dataset", "to_channels", "crop_box", "resize_pixels",
 ]

@@ -215,9 +215,13 @@ def plot_sizes(table: pd.DataFrame) -> Figure:
     ax1, ax2 = fig.subplots(1, 2)
     ok = table.dropna(subset=["width", "height"])
     ax1.scatter(ok["width"], ok["height"], s=12, alpha=0.6)
-    lim = max(ok["width"].max(), ok["height"].max(), 1) * 1.05
-    ax1.plot([0, lim], [0, lim], "k:", lw=1, label="square")
-    ax1.set(xlabel="width (px)", ylabel="height (px)", title=f"image sizes (n={len(ok)})", xlim=(0, lim), ylim=(0, lim))
+    lo = max(min(ok["width"].min(), ok["height"].min(), 1e9), 1) / 1.2
+    hi = max(ok["width"].max(), ok["height"].max(), 1) * 1.2
+    ax1.plot([lo, hi], [lo, hi], "k:", lw=1, label="square")
+    log = hi / lo > 30  # sizes spanning orders of magnitude: log axes
+    ax1.set(xlabel="width (px)", ylabel="height (px)", title=f"image sizes (n={len(ok)})",
+            xlim=(lo if log else 0, hi), ylim=(lo if log else 0, hi),
+            xscale="log" if log else "linear", yscale="log" if log else "linear")
     ax1.legend()
     ax2.hist(ok["aspect_ratio"], bins=30)
     ax2.axvline(1.0, color="k", ls=":", lw=1)
@@ -235,6 +239,8 @@ def _pixels_of(images, sample: int | None, seed: int) -> list[np.ndarray]:
     out = []
     for i in idx:
         img = images[i]
+        if isinstance(img, (str, os.PathLike)):
+            img = open_image(img)
         img = img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img))
         gray = img.mode in ("1", "L", "I", "F") or img.mode.startswith("I;16")
         out.append(np.asarray(to_channels(img, 1 if gray else 3)).reshape(-1, 1 if gray else 3))
@@ -245,7 +251,8 @@ def plot_channel_histograms(images, *, bins: int = 64, sample: int | None = 2000
     """Histogram of pixel values per channel (density, 0..255).
 
     Args:
-        images: an ImageDataset, a dict name -> PIL image, or a sequence of PIL images.
+        images: an ImageDataset, a dict name -> PIL image, or a sequence of PIL images,
+            uint8 arrays or readable file paths.
         bins: histogram bins.
         sample: use a seeded random subset of this many images.
         seed: seed of the subset.
@@ -317,7 +324,54 @@ def plot_samples_per_class(ds: ImageDataset, *, per_class: int = 8, max_classes:
     ax = fig.subplots()
     ax.imshow(grid.permute(1, 2, 0).numpy().squeeze(), cmap="gray" if ds.channels == 1 else None, vmin=0, vmax=1)
     cell = ds.image_size + 1
-    ax.set_yticks([1 + cell * (i + 0.5) for i in range(len(names))], names)
+    ticks = [(1 + cell * (i + 0.5), name) for i, name in enumerate(names) if name]
+    ax.set_yticks([t for t, _ in ticks], [n for _, n in ticks])
     ax.set_xticks([])
     ax.set_title(f"{ds.info.name}: {len(ds)} images, {ds.image_size}x{ds.image_size}x{ds.channels}")
+    return fig
+
+
+def sources_table(datasets) -> pd.DataFrame:
+    """One row per dataset: name, images, size, channels, classes, license, citation, url.
+
+    Args:
+        datasets: sequence of ImageDatasets (or a dict name -> ImageDataset).
+    """
+    items = datasets.values() if isinstance(datasets, dict) else datasets
+    return pd.DataFrame([{"name": d.info.name, "images": len(d), "size": d.image_size, "channels": d.channels,
+                          "classes": d.num_classes, "license": d.info.license, "citation": d.info.citation,
+                          "url": d.info.url} for d in items]).set_index("name")
+
+
+def plot_before_after(ds: ImageDataset, *, n: int = 6, indices=None, seed: int = 0) -> Figure:
+    """Original files (native size, aspect and mode) above their prepared versions.
+
+    Args:
+        ds: a dataset prepared from files (``ds.files`` set: image folders, CelebA, ...).
+        n: number of pairs shown when ``indices`` is None (a seeded random choice).
+        indices: optional positions in ``ds`` to show.
+        seed: seed of the random choice.
+
+    Raises:
+        ValueError: if the dataset does not record its source files.
+    """
+    if ds.files is None:
+        raise ValueError(f"dataset {ds.info.name!r} has no source files (ds.files is None): nothing to compare")
+    if indices is None:
+        indices = _sample_indices(len(ds), n, seed)
+    indices = [int(i) for i in indices]
+    fig = Figure(figsize=(2.2 * len(indices), 4.8), layout="constrained")
+    axes = fig.subplots(2, len(indices), squeeze=False)
+    after = ds.get_batch(torch.tensor(indices))[0].cpu() * 0.5 + 0.5
+    for col, i in enumerate(indices):
+        img = open_image(ds.files[i])
+        axes[0, col].imshow(to_channels(img, 3))
+        axes[0, col].set_title(f"{os.path.basename(ds.files[i])[:18]}\n{img.width}x{img.height} {img.mode}", fontsize=8)
+        axes[1, col].imshow(after[col].permute(1, 2, 0).numpy().squeeze(), cmap="gray", vmin=0, vmax=1)
+        axes[1, col].set_title(f"{ds.image_size}x{ds.image_size}x{ds.channels}", fontsize=8)
+        for ax in axes[:, col]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0, 0].set_ylabel("before")
+    axes[1, 0].set_ylabel("after")
     return fig

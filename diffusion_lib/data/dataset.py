@@ -47,6 +47,7 @@ class ImageDataset(torch.utils.data.Dataset):
         info: license, citation and description of the source.
         report: optional pandas DataFrame (columns ``path, reason, detail``) of what
             was dropped while the dataset was prepared; None when nothing was cleaned.
+        files: optional list of N source file paths (one per image), for file sources.
 
     Raises:
         ValueError: on a wrong dtype, rank, non-square images, a channel count other
@@ -54,7 +55,8 @@ class ImageDataset(torch.utils.data.Dataset):
             that do not match the labels.
     """
 
-    def __init__(self, pixels, labels=None, class_names=None, info: SourceInfo | None = None, report=None):
+    def __init__(self, pixels, labels=None, class_names=None, info: SourceInfo | None = None, report=None,
+                 files=None):
         pixels = torch.as_tensor(pixels)
         if pixels.dtype != torch.uint8 or pixels.ndim != 4:
             raise ValueError(f"pixels must be uint8 (N, H, W, C); got {pixels.dtype} shape {tuple(pixels.shape)}")
@@ -76,12 +78,15 @@ class ImageDataset(torch.utils.data.Dataset):
                 raise ValueError(f"label {int(labels.max())} out of range for {len(class_names)} class names")
         elif class_names is not None and len(class_names) > 0:
             raise ValueError("class_names given for an unlabeled dataset (labels=None)")
+        if files is not None and len(files) != n:
+            raise ValueError(f"files must list one path per image ({n}); got {len(files)}")
         self.pixels = pixels.contiguous()
         self.labels = labels
         self.class_names = list(class_names) if labels is not None else None
         info = info or SourceInfo(name="unnamed")
         self.info = replace(info, class_names=tuple(self.class_names or ()))
         self.report = report
+        self.files = None if files is None else [str(f) for f in files]
 
     @property
     def num_classes(self) -> int:
@@ -133,7 +138,8 @@ class ImageDataset(torch.utils.data.Dataset):
         """A new dataset holding the examples at ``indices`` (int64 (K,)), same info."""
         indices = torch.as_tensor(indices, dtype=torch.long)
         labels = self.labels[indices] if self.labels is not None else None
-        return ImageDataset(self.pixels[indices], labels, self.class_names, self.info, self.report)
+        files = None if self.files is None else [self.files[i] for i in indices.tolist()]
+        return ImageDataset(self.pixels[indices], labels, self.class_names, self.info, self.report, files)
 
     def to(self, device) -> "ImageDataset":
         """A new dataset whose pixels and labels live on ``device`` (e.g. the GPU)."""

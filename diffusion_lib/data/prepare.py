@@ -386,8 +386,8 @@ def cache_key(settings: dict) -> str:
 def save_cache(path, dataset: ImageDataset) -> None:
     """Write a dataset to ``path`` atomically (temporary file + ``os.replace``).
 
-    The file holds the uint8 pixels, int64 labels, class names, the SourceInfo fields
-    and the cleaning report; it loads with ``torch.load(weights_only=True)``.
+    The file holds the uint8 pixels, int64 labels, class names, the SourceInfo fields,
+    the cleaning report and the source file paths; it loads with ``torch.load(weights_only=True)``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -395,7 +395,7 @@ def save_cache(path, dataset: ImageDataset) -> None:
     report = None if dataset.report is None else {c: [str(v) for v in dataset.report[c]] for c in dataset.report.columns}
     payload = {"format": "diffusion_lib.data.cache/1", "pixels": dataset.pixels.cpu(),
                "labels": None if dataset.labels is None else dataset.labels.cpu(),
-               "class_names": dataset.class_names, "info": info, "report": report}
+               "class_names": dataset.class_names, "info": info, "report": report, "files": dataset.files}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -419,7 +419,7 @@ def load_cache(path) -> ImageDataset | None:
             raise ValueError("not a diffusion_lib data cache")
         info = SourceInfo(**{**d["info"], "class_names": tuple(d["info"].get("class_names") or ())})
         report = None if d["report"] is None else pd.DataFrame(d["report"])
-        return ImageDataset(d["pixels"], d["labels"], d["class_names"], info, report)
+        return ImageDataset(d["pixels"], d["labels"], d["class_names"], info, report, d.get("files"))
     except Exception as e:  # noqa: BLE001 - a bad cache is rebuilt, never trusted
         warnings.warn(f"ignoring unreadable data cache {path}: {type(e).__name__}: {e}")
         return None

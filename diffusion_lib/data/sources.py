@@ -13,6 +13,8 @@ sources (``celeba``, ``flowers102``, ...) live in ``torchvision_sources.py``.
 from __future__ import annotations
 
 import importlib.metadata
+import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -286,7 +288,8 @@ def image_folder(image_size: int | None = None, root=None, channels: int | None 
         progress: show a progress bar.
 
     Returns:
-        ImageDataset with labels = index of the class folder in sorted order, or None.
+        ImageDataset with labels = index of the class folder in sorted order (folders
+        left without any usable image are not classes; a warning names them), or None.
 
     Raises:
         ValueError: if ``root`` is missing or not a folder, no image survives cleaning, or
@@ -304,10 +307,13 @@ def image_folder(image_size: int | None = None, root=None, channels: int | None 
     pixels = stack_pixels(out["pixels"])
     labels, class_names = None, None
     if kept["class_name"].notna().all():
-        class_names = sorted(files["class_name"].dropna().unique())
+        class_names = sorted(kept["class_name"].unique())
+        empty = sorted(set(files["class_name"].dropna()) - set(class_names))
+        if empty:
+            warnings.warn(f"class folders without any usable image are left out of the classes: {empty}")
         labels = torch.tensor([class_names.index(c) for c in kept["class_name"]], dtype=torch.long)
     info = SourceInfo(name="image_folder", description=f"images from {root}", license="as stated by the images' owner")
-    return ImageDataset(pixels, labels, class_names, info, report)
+    return ImageDataset(pixels, labels, class_names, info, report, list(kept["path"]))
 
 
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
@@ -382,3 +388,80 @@ def npy(image_size: int | None = None, path=None, labels_path=None, class_names=
         raise ValueError("class_names given without labels_path")
     info = SourceInfo(name="npy", description=f"images from {path}", license="as stated by the array's owner")
     return ImageDataset(pixels, labels, class_names, info)
+
+
+# ---------------------------------------------------------------- a messy folder to practise on
+DEMO_MARKER = ".diffusion_lib_demo"
+
+
+def write_demo_folder(root, *, n_faces: int = 40, n_digits: int = 12, overwrite: bool = False) -> pd.DataFrame:
+    """Write a small, deliberately messy image folder built from the bundled sources.
+
+    Layout: ``root/photos`` (the gallery at native size, JPEG for colour, PNG for
+    grayscale), ``root/faces`` (LFW faces, 25x25 PNG), ``root/digits`` (8x8 PNG, too
+    small for ``min_size`` >= 9). Planted problems: a byte-identical copy (duplicate), a
+    truncated JPEG and an empty PNG (unreadable), a text file (not an image), a photo in
+    the root (outside the class folders), and photos saved as CMYK JPEG, RGBA PNG with
+    transparent corners, 64-colour palette GIF and 16-bit PNG (to be converted).
+
+    Args:
+        root: folder to create (must not exist, be empty, or be an earlier demo folder
+            when ``overwrite`` is True).
+        n_faces: number of LFW faces to write (<= 100).
+        n_digits: number of digits to write.
+        overwrite: replace an earlier demo folder at ``root``.
+
+    Returns:
+        DataFrame with columns ``path``, ``class_name`` and ``planted`` (the problem
+        planted in the file: "", "duplicate", "unreadable", "not_an_image",
+        "outside_class_folder", "too_small", or a conversion such as "cmyk").
+
+    Raises:
+        ValueError: if ``root`` holds other files, or the counts are out of range.
+    """
+    root = Path(root)
+    if not (0 <= n_faces <= 100 and 0 <= n_digits <= 1797):
+        raise ValueError(f"n_faces must be in [0, 100] and n_digits in [0, 1797]; got {n_faces}, {n_digits}")
+    if root.exists() and any(root.iterdir()):
+        if not (overwrite and (root / DEMO_MARKER).exists()):
+            raise ValueError(f"{str(root)!r} is not empty; pick a new folder (or overwrite=True for an earlier demo folder)")
+        shutil.rmtree(root)
+    for sub in ("photos", "faces", "digits"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    (root / DEMO_MARKER).write_text("written by diffusion_lib.data.write_demo_folder\n")
+    rows = []
+
+    def put(rel, img, planted="", **kw):
+        img.save(root / rel, **kw)
+        rows.append((str(root / rel), rel.split("/")[0] if "/" in rel else None, planted))
+
+    photos = gallery_images()
+    for name, img in photos.items():
+        put(f"photos/{name}.{'png' if img.mode == 'L' else 'jpg'}", img, **({} if img.mode == "L" else {"quality": 90}))
+    put("photos/coffee_cmyk.jpg", photos["coffee"].convert("CMYK"), "cmyk", quality=90)
+    rgba = photos["chelsea"].convert("RGBA")
+    alpha = Image.new("L", rgba.size, 0)
+    alpha.paste(255, (40, 20, rgba.width - 40, rgba.height - 20))
+    rgba.putalpha(alpha)
+    put("photos/chelsea_rgba.png", rgba, "rgba")
+    put("photos/astronaut_palette.gif", photos["astronaut"].quantize(64), "palette")
+    moon16 = np.asarray(photos["moon"], dtype=np.uint16)[:, ::-1] * 257  # mirrored: not a duplicate of moon.png
+    put("photos/moon_mirrored_16bit.png", Image.fromarray(np.ascontiguousarray(moon16)), "16-bit")
+    (root / "photos/china_copy.jpg").write_bytes((root / "photos/china.jpg").read_bytes())
+    rows.append((str(root / "photos/china_copy.jpg"), "photos", "duplicate"))
+    data = (root / "photos/rocket.jpg").read_bytes()
+    (root / "photos/rocket_truncated.jpg").write_bytes(data[: len(data) // 3])
+    rows.append((str(root / "photos/rocket_truncated.jpg"), "photos", "unreadable"))
+    (root / "photos/README.txt").write_text("photographs from scikit-image and scikit-learn\n")
+    rows.append((str(root / "photos/README.txt"), "photos", "not_an_image"))
+    (root / "faces/empty.png").write_bytes(b"")
+    rows.append((str(root / "faces/empty.png"), "faces", "unreadable"))
+    put("stray_photo.jpg", photos["coffee"], "outside_class_folder", quality=90)
+    lfw = lfw_faces()
+    for i in range(n_faces):
+        put(f"faces/face_{i:03d}.png", Image.fromarray(lfw.pixels[i, ..., 0].numpy()))
+    digit_set = digits()
+    for i in range(n_digits):
+        put(f"digits/digit_{i:04d}_{int(digit_set.labels[i])}.png", Image.fromarray(digit_set.pixels[i, ..., 0].numpy()),
+            "too_small")
+    return pd.DataFrame(rows, columns=["path", "class_name", "planted"]).sort_values("path", ignore_index=True)

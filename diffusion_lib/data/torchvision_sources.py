@@ -195,6 +195,33 @@ def _acquire(name: str, root: Path, download: bool, make):
     return make(root, False)
 
 
+RAW_IMAGES = {"celeba": "celeba/img_align_celeba", "flowers102": "flowers-102/jpg",
+              "stanford_cars": "stanford_cars/cars_train"}
+
+
+def raw_image_folder(name: str, root=None) -> Path:
+    """The folder of original image files of a file-based torchvision source, for
+    ``analysis.analyse_folder`` (e.g. ``datasets/flowers-102/jpg``).
+
+    Args:
+        name: "celeba", "flowers102" or "stanford_cars".
+        root: dataset folder (default :func:`default_root`).
+
+    Raises:
+        ValueError: for another name.
+        DatasetUnavailableError: if the folder does not exist (yet).
+    """
+    if name not in RAW_IMAGES:
+        raise ValueError(f"name must be one of {sorted(RAW_IMAGES)}; got {name!r}")
+    root = Path(root or default_root())
+    folder = root / RAW_IMAGES[name]
+    if name == "celeba" and (folder / "img_align_celeba").is_dir():  # Kaggle's doubled folder
+        folder = folder / "img_align_celeba"
+    if not folder.is_dir():
+        raise _unavailable(name, root, f"no image folder {folder}")
+    return folder
+
+
 def _shallow_fingerprint(name):
     def fp(root=None, **kwargs):
         base = Path(root or default_root()) / FOLDERS[name]
@@ -234,7 +261,7 @@ def _from_files(name, paths, labels, classes, image_size, crop, min_size, limit,
         raise ValueError(f"{name}: no usable image; dropped {out['report']['reason'].value_counts().to_dict()}")
     y = None if labels is None else torch.tensor([classes.index(c) for c in kept["class_name"]], dtype=torch.long)
     return ImageDataset(stack_pixels(out["pixels"]), y, None if labels is None else list(classes), INFOS[name],
-                        out["report"])
+                        out["report"], list(kept["path"]))
 
 
 def _check_split(split, allowed):
@@ -376,7 +403,8 @@ def _celeba_files(root: Path, split: str, download: bool):
     try:
         ds = _acquire("celeba", root, download and not has_images,
                       lambda r, d: CelebA(r, split=split, target_type=[], download=d))
-        attrs = pd.DataFrame(ds.attr.numpy() * 2 - 1, index=ds.filename, columns=ds.attr_names[:40])
+        names = [n for n in ds.attr_names if n]  # the official header ends with a space: drop the empty name
+        attrs = pd.DataFrame(ds.attr.numpy() * 2 - 1, index=list(ds.filename), columns=names)
         return [base / "img_align_celeba" / f for f in ds.filename], attrs
     except DatasetUnavailableError:
         if not has_images:

@@ -1,0 +1,50 @@
+"""YAML config loading, validation and dotted overrides."""
+
+from pathlib import Path
+
+import pytest
+
+from diffusion_lib.config import ExperimentConfig, load_config
+
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_load(path):
+    assert isinstance(load_config(path), ExperimentConfig)
+
+
+def test_defaults_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\ntraining:\n  max_steps: 10\n")
+    config = load_config(path, ["training.max_steps=200", "model.channel_mults=[1, 2]", "diffusion.beta_schedule=cosine",
+                                "training.learning_rate=1e-3"])
+    assert config.training.max_steps == 200 and config.model.channel_mults == [1, 2]
+    assert config.diffusion.beta_schedule == "cosine" and config.training.learning_rate == pytest.approx(1e-3)
+    assert config.training.batch_size == ExperimentConfig().training.batch_size
+
+
+@pytest.mark.parametrize("text, message", [
+    ("training:\n  max_step: 10\n", r"unknown config key\(s\) \['training.max_step'\]"),
+    ("bogus: 1\n", r"unknown config key\(s\) \['bogus'\]"),
+    ("training:\n  max_steps: ten\n", "training.max_steps must be an integer"),
+    ("training:\n  max_steps: 0\n", "training.max_steps must be >= 1"),
+    ("diffusion:\n  beta_schedule: wiggly\n", "diffusion.beta_schedule 'wiggly' is unknown"),
+    ("diffusion:\n  prediction_type: noise\n", "diffusion.prediction_type must be one of"),
+    ("sampling:\n  sampler: euler\n", "sampling.sampler must be one of"),
+    ("model:\n  conditional: maybe\n", "model.conditional must be true or false"),
+    ("model: [1, 2]\n", "config section model must be a mapping"),
+    ("training: {max_steps: [\n", "not valid YAML"),
+])
+def test_bad_configs_name_the_key(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_config(path)
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ValueError, match="section.key=value"):
+        load_config(None, ["training.max_steps"])
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) \['training.nope'\]"):
+        load_config(None, ["training.nope=1"])

