@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 
 from .dataset import ImageDataset, SourceInfo
-from .prepare import (_check_size, cache_key, fingerprint, load_cache, process_files, resize_pixels,
-                      save_cache, scan_folder, stack_pixels, to_channels, crop_box)
-import pandas as pd
+from .prepare import (_check_size, cache_key, crop_box, fingerprint, load_cache, process_files, resize_pixels,
+                      save_cache, scan_folder, stack_pixels, to_channels)
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class _Source:
 
 
 _SOURCES: dict[str, _Source] = {}
+NOT_IN_CACHE_KEY = frozenset({"progress", "download"})  # arguments that do not change the data
 
 
 def register_source(name: str, *, fingerprint: Callable[..., object] | None = None):
@@ -84,7 +85,8 @@ def load_dataset(name: str, image_size: int | None = None, *, cache_dir=None, **
         cache_dir: optional folder; the prepared uint8 tensors are saved there under a key
             hashing the source name, ``image_size``, every keyword argument and the
             source's fingerprint (file sizes and mtimes), and loaded from there next
-            time. Any change gives a new key, so stale caches are never used.
+            time. Any change gives a new key, so stale caches are never used
+            (``progress`` and ``download`` do not change the data and are not hashed).
         **kwargs: source-specific arguments (``root=``, ``path=``, ...).
 
     Returns:
@@ -103,7 +105,8 @@ def load_dataset(name: str, image_size: int | None = None, *, cache_dir=None, **
     path = None
     if cache_dir is not None:
         fp = (source.fingerprint or _default_fingerprint)(**kwargs)
-        key = cache_key({"source": name, "image_size": image_size, "kwargs": kwargs, "fingerprint": fp,
+        settings = {k: v for k, v in kwargs.items() if k not in NOT_IN_CACHE_KEY}
+        key = cache_key({"source": name, "image_size": image_size, "kwargs": settings, "fingerprint": fp,
                          "loader": getattr(source.loader, "__qualname__", str(source.loader))})
         path = Path(cache_dir) / f"{name}-{image_size or 'native'}-{key}.pt"
         cached = load_cache(path)
