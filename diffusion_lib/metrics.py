@@ -225,7 +225,7 @@ class ClassifierExtractor:
 
 def domain_extractor(real: torch.Tensor, real_labels: torch.Tensor, *, dataset: str = "custom",
                      cache_dir: str | os.PathLike | None = None, device: str | torch.device = "auto",
-                     steps: int = 500, batch_size: int = 128, base_channels: int = 32, seed: int = 0,
+                     steps: int | None = None, batch_size: int = 128, base_channels: int = 32, seed: int = 0,
                      val_fraction: float = 0.1) -> ClassifierExtractor:
     """The domain feature extractor of a dataset: a Classifier trained on its real labelled images.
 
@@ -239,7 +239,8 @@ def domain_extractor(real: torch.Tensor, real_labels: torch.Tensor, *, dataset: 
         dataset: a name for the data, used in the extractor name and file name.
         cache_dir: default :func:`default_cache_dir`.
         device: "auto" or a torch device, for training and extraction.
-        steps, batch_size, base_channels, seed: training settings (see ``train_classifier``).
+        steps: training steps; default 5 epochs, clipped to [200, 5000] steps.
+        batch_size, base_channels, seed: training settings (see ``train_classifier``).
         val_fraction: share of images held out for the validation accuracy, in [0, 0.5].
 
     Returns:
@@ -258,6 +259,8 @@ def domain_extractor(real: torch.Tensor, real_labels: torch.Tensor, *, dataset: 
     if not 0.0 <= val_fraction <= 0.5:
         raise ValueError(f"val_fraction must be in [0, 0.5]; got {val_fraction!r}")
     num_classes = max(int(labels.max()) + 1, 2)
+    if steps is None:
+        steps = min(5000, max(200, math.ceil(5 * real.shape[0] / batch_size)))
     settings = dict(steps=steps, batch_size=batch_size, base_channels=base_channels, seed=seed,
                     val_fraction=val_fraction, num_classes=num_classes, version=1)
     key = content_hash(real, labels, settings)
@@ -417,7 +420,8 @@ def inception_score(logits: torch.Tensor, *, splits: int | None = None, seed: in
         warnings.simplefilter("ignore", UserWarning)
         metric = InceptionScore(feature=_Precomputed(logits.shape[1]), splits=splits)
     metric.update(logits)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # std of a single split
         torch.manual_seed(seed)
         mean, std = metric.compute()
     return float(mean), (float(std) if splits > 1 else None)
@@ -565,7 +569,7 @@ def evaluate_samples(generated: torch.Tensor, real: torch.Tensor | ImageDataset 
                      extractor="auto", dataset: str | None = None,
                      cache_dir: str | os.PathLike | None = None, device: str | torch.device = "auto",
                      kid_subset_size: int | None = None, kid_subsets: int = 100, is_splits: int | None = None,
-                     domain_steps: int = 500, seed: int = 0) -> EvaluationResult:
+                     domain_steps: int | None = None, seed: int = 0) -> EvaluationResult:
     """Score generated images against real ones: the one entry point for every model.
 
     Args:
@@ -589,7 +593,8 @@ def evaluate_samples(generated: torch.Tensor, real: torch.Tensor | ImageDataset 
         device: "auto" or a torch device, for feature extraction and training.
         kid_subset_size, kid_subsets: see :func:`kernel_inception_distance`.
         is_splits: see :func:`inception_score`.
-        domain_steps: training steps of a domain classifier that is not cached yet.
+        domain_steps: training steps of a domain classifier that is not cached yet (default:
+            see :func:`domain_extractor`).
         seed: seed of KID subsets and IS splits (the domain classifier always trains with seed 0,
             so every evaluation of a dataset shares one extractor).
 
