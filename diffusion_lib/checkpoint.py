@@ -14,44 +14,17 @@ A checkpoint is a dict saved with ``torch.save``::
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .atomic import atomic_save
+
 FORMAT = "diffusion_lib.checkpoint"
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format", "format_version", "config", "model_config", "data", "model", "ema", "step")
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it over ``path``.
-
-    A crash at any point leaves either the old file or the new one, never half a file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temporary file + ``os.replace``)."""
-    _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
-
-
-def atomic_save(obj, path: str | Path) -> None:
-    """``torch.save(obj, path)`` atomically (temporary file + ``os.replace``)."""
-    _atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:

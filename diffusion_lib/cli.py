@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--no-clip", action="store_true", help="do not clip predicted x_0 to [-1, 1]")
     smp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     smp.set_defaults(func=_sample)
+    from .notebooks import add_notebooks_command
+    add_notebooks_command(commands)
     return parser
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from .checkpoint import atomic_write_text
+from .atomic import atomic_write_text
 from .diffusion import PREDICTION_TYPES
 from .schedules import available_schedules
 

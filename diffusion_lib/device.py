@@ -1,4 +1,4 @@
-"""Choosing the torch device: ``"auto"`` picks CUDA, then Apple MPS, then the CPU."""
+"""Devices: ``"auto"`` picks CUDA, then Apple MPS, then the CPU; seeded noise that is the same on every device."""
 
 from __future__ import annotations
 
@@ -34,3 +34,21 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if resolved.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {device!r} requested but MPS is not available here; use 'auto' or 'cpu'")
     return resolved
+
+
+def randn(shape, generator: torch.Generator | None = None, device: torch.device | str | None = None) -> torch.Tensor:
+    """Standard normal noise drawn on the generator's device, then moved to ``device``.
+
+    Drawing on the generator's device makes a seed give the same numbers whatever device the
+    model runs on (a CPU generator gives CPU-identical samples on CUDA).
+
+    Args:
+        shape: output shape.
+        generator: optional ``torch.Generator``; None uses the global RNG.
+        device: where the result should live (defaults to the generator's device).
+
+    Returns:
+        float32 tensor of ``shape``.
+    """
+    source = generator.device if generator is not None else (device or "cpu")
+    return torch.randn(shape, generator=generator, device=source).to(device or source)

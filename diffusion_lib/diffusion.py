@@ -14,27 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .device import randn
 from .schedules import NoiseSchedule, broadcast
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-
-
-def randn(shape, generator: torch.Generator | None = None, device: torch.device | str | None = None) -> torch.Tensor:
-    """Standard normal noise drawn on the generator's device, then moved to ``device``.
-
-    Drawing on the generator's device makes a seed give the same numbers whatever device the
-    model runs on (a CPU generator gives CPU-identical samples on CUDA).
-
-    Args:
-        shape: output shape.
-        generator: optional ``torch.Generator``; None uses the global RNG.
-        device: where the result should live (defaults to the generator's device).
-
-    Returns:
-        float32 tensor of ``shape``.
-    """
-    source = generator.device if generator is not None else (device or "cpu")
-    return torch.randn(shape, generator=generator, device=source).to(device or source)
 
 
 def check_prediction_type(prediction_type: str) -> None:

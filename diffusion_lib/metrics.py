@@ -30,7 +30,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,7 +42,9 @@ from torchmetrics.image.kid import KernelInceptionDistance
 
 from .data.dataset import ImageDataset
 from .images import from_uint8, to_uint8
-from .models.classifier import Classifier, _resolve_device, load_classifier, save_classifier, train_classifier
+from .atomic import atomic_save
+from .device import resolve_device
+from .models.classifier import Classifier, load_classifier, save_classifier, train_classifier
 
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_WEIGHTS_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
@@ -63,18 +64,6 @@ def default_cache_dir() -> Path:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
-
-
-def _atomic_save(payload, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def content_hash(images: torch.Tensor, labels: torch.Tensor | None = None, extra: dict | None = None) -> str:
@@ -169,7 +158,7 @@ class InceptionExtractor:
                                     "there (the Docker image does), or use extractor='domain'")
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.batch_size = batch_size
         self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
                                                feature_extractor_weights_path=str(path)).to(self.device)
@@ -308,7 +297,7 @@ def real_features(real: torch.Tensor, extractor, *, dataset: str = "custom",
         except Exception:  # noqa: BLE001 - a broken cache file is rebuilt
             warnings.warn(f"ignoring unreadable feature cache {path}", stacklevel=2)
     out = extractor(real)
-    _atomic_save({"extractor": extractor.name, "features": out.features.float(), "logits": out.logits.float()}, path)
+    atomic_save({"extractor": extractor.name, "features": out.features.float(), "logits": out.logits.float()}, path)
     return out
 
 
@@ -445,7 +434,7 @@ def diversity(images: torch.Tensor, device: str | torch.device = "cpu", chunk: i
     Raises:
         ValueError: bad images or N < 2.
     """
-    x = check_images(images).flatten(1).double().to(_resolve_device(device))
+    x = check_images(images).flatten(1).double().to(resolve_device(device))
     n, d = x.shape
     if n < 2:
         raise ValueError(f"diversity needs at least 2 images; got {n}")

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .diffusion import check_prediction_type, predict_eps_from_x0, predict_x0_from_eps, randn, to_x0_and_eps
+from .device import randn
+from .diffusion import check_prediction_type, predict_eps_from_x0, predict_x0_from_eps, to_x0_and_eps
 from .schedules import NoiseSchedule
 
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")

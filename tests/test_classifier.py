@@ -65,12 +65,12 @@ def test_input_gradient_for_guidance():
 def test_clean_classifier_reaches_95_percent_on_digits(digits):
     x_train, y_train, x_val, y_val = digits
     model = Classifier(1, 10)
-    # 200 steps: about 5 s on 2 free CPU cores (the brief: well under a minute)
-    history = train_classifier(model, x_train, y_train, steps=200, batch_size=64, seed=0, device="cpu")
+    # 150 steps of 64 images: about 10 s on one busy CPU core
+    history = train_classifier(model, x_train, y_train, steps=150, batch_size=64, seed=0, device="cpu")
     with torch.no_grad():
         accuracy = (model(x_val).argmax(1) == y_val).float().mean().item()
     assert accuracy >= 0.95, f"val accuracy {accuracy:.3f}"
-    assert len(history.losses) == 200 and history.losses[-1] < history.losses[0]
+    assert len(history.losses) == 150 and history.losses[-1] < history.losses[0]
 
 
 def test_training_is_reproducible(digits):

@@ -106,3 +106,18 @@ def test_conditional_model_on_unlabeled_data_is_refused(tmp_path, digits):
     unlabeled = type(digits)(digits.pixels)
     with pytest.raises(ValueError, match="has no labels"):
         Trainer(tiny_config(), tmp_path, dataset=unlabeled, progress=False)
+
+
+def test_ema_update_follows_the_warmed_up_decay():
+    from diffusion_lib.training import EMA
+
+    model = torch.nn.Linear(2, 1)
+    ema = EMA(model, decay=0.999)
+    start = params(ema.model).clone()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update(model)
+    decay = min(0.999, 2 / 11)  # (1 + n) / (10 + n) with n = 1
+    torch.testing.assert_close(params(ema.model), decay * start + (1 - decay) * params(model))
+    assert not any(p.requires_grad for p in ema.model.parameters())

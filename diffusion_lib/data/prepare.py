@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,6 +30,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_save
 from .dataset import ImageDataset, SourceInfo
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
@@ -389,22 +389,12 @@ def save_cache(path, dataset: ImageDataset) -> None:
     The file holds the uint8 pixels, int64 labels, class names, the SourceInfo fields,
     the cleaning report and the source file paths; it loads with ``torch.load(weights_only=True)``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     info = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataset.info.__dict__.items()}
     report = None if dataset.report is None else {c: [str(v) for v in dataset.report[c]] for c in dataset.report.columns}
     payload = {"format": "diffusion_lib.data.cache/1", "pixels": dataset.pixels.cpu(),
                "labels": None if dataset.labels is None else dataset.labels.cpu(),
                "class_names": dataset.class_names, "info": info, "report": report, "files": dataset.files}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_save(payload, path)
 
 
 def load_cache(path) -> ImageDataset | None:

@@ -5,7 +5,9 @@
 
 from torch import nn
 
+from .classifier import Classifier, load_classifier, save_classifier, train_classifier
 from .unet import ConditionalUNet, UNet, build_unet
+from .vae import VAE, VAELoss, VAEOutput
 
 
 def build_model(kind: str, config: dict) -> nn.Module:
@@ -17,10 +19,9 @@ def build_model(kind: str, config: dict) -> nn.Module:
     if kind == "unet":
         return build_unet(config)
     if kind == "vae":
-        from .vae import VAE
-
         return VAE(**config)
     raise ValueError(f"unknown model kind {kind!r}; accepted: ['unet', 'vae']")
 
 
-__all__ = ["UNet", "ConditionalUNet", "build_unet", "build_model"]
+__all__ = ["UNet", "ConditionalUNet", "build_unet", "build_model", "VAE", "VAEOutput", "VAELoss", "Classifier",
+           "train_classifier", "save_classifier", "load_classifier"]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,42 +26,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..atomic import atomic_save
+from ..device import resolve_device
+from .unet import SinusoidalTimeEmbedding
+
 CHECKPOINT_FORMAT = "diffusion_lib.classifier"
 CHECKPOINT_VERSION = 1
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> cuda, then mps, then cpu; anything else is passed to ``torch.device``."""
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
 
 
 def _groups(channels: int) -> int:
     """Number of GroupNorm groups: up to 8, always a divisor of ``channels``."""
     return math.gcd(8, channels)
-
-
-class SinusoidalEmbedding(nn.Module):
-    """Transformer-style sinusoidal embedding of integer timesteps (Vaswani et al. 2017, sec. 3.5).
-
-    Maps t (N,) int64 to (N, dim) float32: [sin(t w_k), cos(t w_k)] with w_k = 10000^(-k / (dim/2)).
-    """
-
-    def __init__(self, dim: int):
-        super().__init__()
-        if dim < 2 or dim % 2:
-            raise ValueError(f"embedding dim must be an even int >= 2; got {dim!r}")
-        half = dim // 2
-        self.register_buffer("freqs", torch.exp(-math.log(10000.0) * torch.arange(half) / half), persistent=False)
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        angles = t.float()[:, None] * self.freqs[None, :]
-        return torch.cat([angles.sin(), angles.cos()], dim=1)
 
 
 class _Block(nn.Module):
@@ -93,22 +67,22 @@ class Classifier(nn.Module):
         in_channels: image channels C, 1 or 3.
         num_classes: number of classes K >= 2.
         base_channels: channels of the first level (default 32).
-        channel_mults: channel multiplier per level; a stride-2 downsampling sits between
-            consecutive levels. Default (1, 2, 2): features of dimension 64 for base 32.
         time_conditional: if True, ``forward`` needs timesteps t and models p(y | x_t, t)
             for classifier guidance; if False, t is ignored (so a clean classifier can be
             plugged into guidance as a baseline).
         num_train_timesteps: T of the noise schedule the classifier is trained with; when
             given, t is checked to lie in [0, T-1].
+        channel_mults: channel multiplier per level; a stride-2 downsampling sits between
+            consecutive levels. Default (1, 2, 2): features of dimension 64 for base 32.
         dropout: dropout rate inside the residual blocks, in [0, 1).
 
     Raises:
         ValueError: for a bad argument (named in the message).
     """
 
-    def __init__(self, in_channels: int, num_classes: int, base_channels: int = 32,
-                 channel_mults: tuple[int, ...] = (1, 2, 2), time_conditional: bool = False,
-                 num_train_timesteps: int | None = None, dropout: float = 0.0):
+    def __init__(self, in_channels: int, num_classes: int, base_channels: int = 32, time_conditional: bool = False,
+                 num_train_timesteps: int | None = None, channel_mults: tuple[int, ...] = (1, 2, 2),
+                 dropout: float = 0.0):
         super().__init__()
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 or 3; got {in_channels!r}")
@@ -131,7 +105,7 @@ class Classifier(nn.Module):
 
         emb_dim = 4 * base_channels if self.time_conditional else None
         if self.time_conditional:
-            self.time_embed = nn.Sequential(SinusoidalEmbedding(base_channels), nn.Linear(base_channels, emb_dim),
+            self.time_embed = nn.Sequential(SinusoidalTimeEmbedding(base_channels), nn.Linear(base_channels, emb_dim),
                                             nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.stem = nn.Conv2d(in_channels, base_channels, 3, padding=1)
         self.blocks = nn.ModuleList()
@@ -257,7 +231,7 @@ def train_classifier(model: Classifier, images: torch.Tensor, labels: torch.Tens
                          f"time_conditional={model.time_conditional}")
     if generator is None:
         generator = torch.Generator().manual_seed(0 if seed is None else seed)
-    device = _resolve_device(device)
+    device = resolve_device(device)
     model.to(device).train()
     images, labels = images.to(device, torch.float32), labels.to(device, torch.long)
     if noise_schedule is not None:
@@ -301,19 +275,9 @@ def save_classifier(model: Classifier, path: str | os.PathLike, meta: dict | Non
     Returns:
         the path written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": dict(model.config),
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "meta": dict(meta or {})}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return atomic_save(payload, path)
 
 
 def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Classifier, dict]:
@@ -350,4 +314,4 @@ def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu")
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as err:
         raise ValueError(f"{path}: weights do not match the stored config: {err}") from err
-    return model.to(_resolve_device(device)).eval(), dict(payload.get("meta", {}))
+    return model.to(resolve_device(device)).eval(), dict(payload.get("meta", {}))

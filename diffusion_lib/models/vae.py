@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..device import randn
+
 
 class VAEOutput(NamedTuple):
     """Result of ``VAE.forward``: recon (N, C, H, W) in [-1, 1]; mean and logvar (N, latent_dim)."""
@@ -54,13 +56,6 @@ def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
     """conv3x3 -> GroupNorm -> SiLU."""
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1),
                          nn.GroupNorm(_groups(out_channels), out_channels), nn.SiLU())
-
-
-def _randn(shape, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    """Standard normal noise on ``device``, drawn from ``generator`` (on whatever device it lives)."""
-    if generator is None:
-        return torch.randn(shape, device=device)
-    return torch.randn(shape, generator=generator, device=generator.device).to(device)
 
 
 class VAE(nn.Module):
@@ -151,7 +146,7 @@ class VAE(nn.Module):
     def reparameterize(self, mean: torch.Tensor, logvar: torch.Tensor,
                        generator: torch.Generator | None = None) -> torch.Tensor:
         """z = mean + exp(logvar / 2) * eps, eps ~ N(0, I) (K&W sec. 2.4); differentiable in mean, logvar."""
-        return mean + (0.5 * logvar).exp() * _randn(mean.shape, generator, mean.device)
+        return mean + (0.5 * logvar).exp() * randn(mean.shape, generator, mean.device)
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> VAEOutput:
         """Encode, draw one z by reparameterisation, decode.
@@ -202,7 +197,7 @@ class VAE(nn.Module):
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive int; got {n!r}")
         device = next(self.parameters()).device
-        return self.decode(_randn((n, self.latent_dim), generator, device))
+        return self.decode(randn((n, self.latent_dim), generator, device))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

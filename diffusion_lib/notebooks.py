@@ -1,0 +1,319 @@
+"""Execute the course notebooks with papermill, and check that the stored ones are clean.
+
+    python -m diffusion_lib notebooks run                       # every notebook, smoke profile
+    python -m diffusion_lib notebooks run 02 04 --profile full  # by number (prefix) or file name
+    python -m diffusion_lib notebooks check                     # outputs stripped, one `parameters` cell, ...
+
+Each notebook runs in a fresh kernel of *this* interpreter (a temporary kernelspec whose argv is
+``sys.executable``, with this copy of ``diffusion_lib`` first on its path), from its own folder,
+with the parameters ``PROFILE`` and ``OUTPUT_DIR`` injected by papermill. The executed copy is
+written to ``OUTPUT/<name>.ipynb`` and the notebook's files to ``OUTPUT/<stem>/``; the stored
+notebook is never modified.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import yaml
+
+PROFILES = ("smoke", "full")
+DEFAULT_OUTPUT = Path("outputs") / "notebooks"
+KERNEL_NAME = "diffusion-lib-runner"
+KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
+
+
+@dataclass
+class NotebookResult:
+    """Outcome of one notebook: ``status`` "ok" or "failed", wall ``seconds``, the first ``error``
+    (None when ok) and the executed copy ``output``."""
+
+    name: str
+    status: str
+    seconds: float
+    error: str | None
+    output: Path
+
+
+def default_notebook_dir() -> Path:
+    """``./notebooks`` if it exists, else the ``notebooks`` folder beside the ``diffusion_lib`` package."""
+    here = Path("notebooks")
+    return here if here.is_dir() else Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def find_notebooks(names: Sequence[str] | None = None, directory: str | Path | None = None) -> list[Path]:
+    """The notebooks of ``directory`` (sorted), or those matching ``names``.
+
+    Args:
+        names: file names or prefixes ("02", "02_forward", "02_forward_process_and_schedules.ipynb");
+            None or empty: all.
+        directory: folder of the notebooks (default :func:`default_notebook_dir`).
+
+    Returns:
+        Paths in name order, without duplicates.
+
+    Raises:
+        FileNotFoundError: the folder does not exist.
+        ValueError: a name that matches no notebook (the message lists them).
+    """
+    directory = Path(directory) if directory is not None else default_notebook_dir()
+    if not directory.is_dir():
+        raise FileNotFoundError(f"notebook folder {directory} does not exist")
+    available = sorted(p for p in directory.glob("*.ipynb") if not p.name.startswith("."))
+    if not names:
+        return available
+    chosen = []
+    for name in names:
+        matches = [p for p in available if p.name == name or p.name.startswith(name)]
+        if not matches:
+            raise ValueError(f"no notebook matches {name!r}; available: {[p.name for p in available]}")
+        chosen += [p for p in matches if p not in chosen]
+    return sorted(chosen)
+
+
+@contextlib.contextmanager
+def interpreter_kernel() -> Iterator[str]:
+    """A temporary Jupyter kernelspec that runs this interpreter (``sys.executable``).
+
+    The kernel imports the same ``diffusion_lib`` as the caller (its folder is put first on
+    ``PYTHONPATH``). ``JUPYTER_PATH`` points at the spec while the context is open and is
+    restored afterwards.
+
+    Yields:
+        The kernel name to give papermill.
+    """
+    package_root = str(Path(__file__).resolve().parent.parent)
+    python_path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": f"Python 3 ({sys.executable})", "language": "python", "env": {"PYTHONPATH": python_path},
+            "metadata": {"supported_encryption": ["curve"]}}  # as ipykernel's own spec: encrypted local transport
+    old = os.environ.get("JUPYTER_PATH")
+    with tempfile.TemporaryDirectory(prefix="diffusion_lib_kernel_") as tmp:
+        spec_dir = Path(tmp) / "kernels" / KERNEL_NAME
+        spec_dir.mkdir(parents=True)
+        (spec_dir / "kernel.json").write_text(json.dumps(spec))
+        os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (tmp, old) if p)
+        try:
+            yield KERNEL_NAME
+        finally:
+            if old is None:
+                os.environ.pop("JUPYTER_PATH", None)
+            else:
+                os.environ["JUPYTER_PATH"] = old
+
+
+def _first_error(error: BaseException) -> str:
+    """One line describing why a notebook failed (papermill's cell error, else the exception)."""
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(error, PapermillExecutionError):
+        text = f"cell {error.exec_count}: {error.ename}: {error.evalue}"
+    else:
+        text = f"{type(error).__name__}: {error}"
+    text = " ".join(text.split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def run_notebook(path: str | Path, output_dir: str | Path = DEFAULT_OUTPUT, profile: str = "smoke",
+                 parameters: dict | None = None, timeout: float | None = None,
+                 kernel_name: str | None = None) -> NotebookResult:
+    """Execute one notebook with papermill.
+
+    Args:
+        path: the stored notebook (unchanged by the run).
+        output_dir: the executed copy goes to ``output_dir/<name>``; ``OUTPUT_DIR`` is ``output_dir/<stem>``.
+        profile: "smoke" (CI, bundled data, minutes on a CPU) or "full" (the course setting).
+        parameters: more papermill parameters (e.g. ``{"CHECKPOINT": "runs/x/checkpoints/last.ckpt"}``).
+        timeout: seconds allowed per cell (None: no limit).
+        kernel_name: a kernelspec to use; default a temporary one for this interpreter (:func:`interpreter_kernel`).
+
+    Returns:
+        :class:`NotebookResult`; failures are reported, not raised.
+
+    Raises:
+        ValueError: unknown profile.
+        FileNotFoundError: no such notebook.
+    """
+    import papermill
+
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; accepted: {list(PROFILES)}")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"notebook {path} does not exist")
+    output_dir = Path(output_dir).resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    output = output_dir / path.name
+    params = {"PROFILE": profile, "OUTPUT_DIR": str(output_dir / path.stem), **(parameters or {})}
+    with contextlib.ExitStack() as stack:
+        kernel = kernel_name or stack.enter_context(interpreter_kernel())
+        start, error = time.perf_counter(), None
+        try:
+            papermill.execute_notebook(str(path), str(output), parameters=params, kernel_name=kernel,
+                                       cwd=str(path.parent.resolve()), progress_bar=False,
+                                       execution_timeout=timeout)
+        except Exception as exc:  # noqa: BLE001 - any failure of the notebook is reported in the table
+            error = _first_error(exc)
+        seconds = time.perf_counter() - start
+    return NotebookResult(path.name, "failed" if error else "ok", seconds, error, output)
+
+
+def run_notebooks(names: Sequence[str] | None = None, profile: str = "smoke", output_dir: str | Path = DEFAULT_OUTPUT,
+                  directory: str | Path | None = None, parameters: dict | None = None, timeout: float | None = None,
+                  log: Callable[[str], None] | None = None) -> list[NotebookResult]:
+    """Execute the notebooks :func:`find_notebooks` selects, one after the other, in one kernelspec.
+
+    Args:
+        names, directory: see :func:`find_notebooks`.
+        profile, output_dir, parameters, timeout: see :func:`run_notebook`.
+        log: called with a line before and after each notebook (e.g. ``print``).
+
+    Returns:
+        One :class:`NotebookResult` per notebook, in order.
+    """
+    paths = find_notebooks(names, directory)
+    results = []
+    with interpreter_kernel() as kernel:
+        for path in paths:
+            if log:
+                log(f"running {path.name} ({profile}) ...")
+            result = run_notebook(path, output_dir, profile, parameters, timeout, kernel_name=kernel)
+            if log:
+                log(f"  {result.status} in {result.seconds:.1f} s" + (f": {result.error}" if result.error else ""))
+            results.append(result)
+    return results
+
+
+def format_table(results: Sequence[NotebookResult]) -> str:
+    """A plain-text table: notebook, status, seconds, first error; with a total line."""
+    rows = [(r.name, r.status, f"{r.seconds:.1f}", r.error or "") for r in results]
+    failed = sum(r.status != "ok" for r in results)
+    rows.append(("total", f"{len(results) - failed}/{len(results)} ok", f"{sum(r.seconds for r in results):.1f}", ""))
+    header = ("notebook", "status", "seconds", "first error")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
+    lines = [f"{header[0]:<{widths[0]}}  {header[1]:<{widths[1]}}  {header[2]:>{widths[2]}}  {header[3]}"]
+    lines.append("-" * (sum(widths) + 6 + len(header[3])))
+    for name, status, seconds, error in rows:
+        lines.append(f"{name:<{widths[0]}}  {status:<{widths[1]}}  {seconds:>{widths[2]}}  {error}".rstrip())
+    return "\n".join(lines)
+
+
+def check_notebook(path: str | Path) -> list[str]:
+    """Problems of a stored notebook (empty list: clean).
+
+    Checked: valid nbformat 4; no outputs and no execution counts; exactly one code cell tagged
+    ``parameters`` that sets ``PROFILE``; kernelspec metadata {"name": "python3", "display_name":
+    "Python 3", "language": "python"}; no papermill metadata; a first markdown cell with "Learning
+    objectives"; a last markdown cell with "Questions".
+
+    Raises:
+        FileNotFoundError: no such file.
+    """
+    import nbformat
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"notebook {path} does not exist")
+    try:
+        nb = nbformat.read(path, as_version=nbformat.NO_CONVERT)
+        nbformat.validate(nb)
+    except Exception as error:  # noqa: BLE001 - any unreadable notebook is one problem
+        return [f"not a valid notebook: {type(error).__name__}: {error}"]
+    problems = []
+    if nb.nbformat != 4:
+        problems.append(f"nbformat {nb.nbformat}; expected 4")
+    cells = nb.cells
+    for i, cell in enumerate(cells):
+        if cell.cell_type == "code" and (cell.get("outputs") or cell.get("execution_count") is not None):
+            problems.append(f"cell {i} has outputs or an execution count (strip them: nbstripout)")
+        if "papermill" in cell.metadata or "execution" in cell.metadata:
+            problems.append(f"cell {i} carries papermill/execution metadata")
+    tagged = [i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", [])]
+    if len(tagged) != 1:
+        problems.append(f"{len(tagged)} cells are tagged 'parameters'; expected exactly 1")
+    elif cells[tagged[0]].cell_type != "code" or "PROFILE" not in cells[tagged[0]].source:
+        problems.append("the 'parameters' cell must be a code cell that sets PROFILE")
+    spec = dict(nb.metadata.get("kernelspec", {}))
+    if spec != KERNELSPEC:
+        problems.append(f"kernelspec metadata is {spec}; expected {KERNELSPEC}")
+    if "papermill" in nb.metadata:
+        problems.append("notebook metadata carries papermill metadata")
+    if not cells or cells[0].cell_type != "markdown" or "learning objectives" not in cells[0].source.lower():
+        problems.append("the first cell must be markdown with 'Learning objectives'")
+    if not cells or cells[-1].cell_type != "markdown" or "question" not in cells[-1].source.lower():
+        problems.append("the last cell must be markdown with questions for students ('Questions')")
+    return problems
+
+
+# ----- command line -------------------------------------------------------------------------------
+
+
+def _parameters(pairs: Sequence[str]) -> dict:
+    params = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"--param {pair!r} must look like NAME=VALUE (e.g. CHECKPOINT=runs/x/checkpoints/last.ckpt)")
+        key, raw = pair.split("=", 1)
+        params[key.strip()] = yaml.safe_load(raw)
+    return params
+
+
+def _run(args: argparse.Namespace) -> int:
+    results = run_notebooks(args.names, args.profile, args.output, args.dir, _parameters(args.param), args.timeout,
+                            log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(format_table(results))
+    return 0 if all(r.status == "ok" for r in results) else 1
+
+
+def _check(args: argparse.Namespace) -> int:
+    bad = 0
+    for path in find_notebooks(args.names, args.dir):
+        problems = check_notebook(path)
+        bad += bool(problems)
+        print(f"{path.name}: " + ("ok" if not problems else "\n  " + "\n  ".join(problems)))
+    return 1 if bad else 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    for path in find_notebooks(None, args.dir):
+        print(path.name)
+    return 0
+
+
+def add_notebooks_command(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``notebooks {run, check, list}`` to the CLI's sub-parsers; returns the ``notebooks`` parser."""
+    parser = commands.add_parser("notebooks", help="execute the course notebooks (papermill) or check them",
+                                 description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="notebooks_command", required=True, metavar="ACTION")
+
+    run = sub.add_parser("run", help="execute notebooks and print a table of status and seconds",
+                         description="Execute notebooks with papermill in a kernel of this interpreter; exit 1 if any fails.")
+    run.add_argument("names", nargs="*", metavar="NAME", help="notebook file names or prefixes, e.g. 02 (default: all)")
+    run.add_argument("--profile", choices=PROFILES, default="smoke",
+                     help="smoke: bundled data, CPU, minutes (CI); full: the course setting (default smoke)")
+    run.add_argument("--output", default=str(DEFAULT_OUTPUT),
+                     help=f"folder for executed copies and the notebooks' files (default {DEFAULT_OUTPUT})")
+    run.add_argument("--dir", help="folder of the notebooks (default ./notebooks)")
+    run.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                     help="extra notebook parameter, value parsed as YAML (repeatable), e.g. -p CHECKPOINT=run.ckpt")
+    run.add_argument("--timeout", type=float, help="seconds allowed per cell (default: no limit)")
+    run.set_defaults(func=_run)
+
+    check = sub.add_parser("check", help="check stored notebooks: no outputs, one parameters cell, kernelspec, ...")
+    check.add_argument("names", nargs="*", metavar="NAME", help="notebook file names or prefixes (default: all)")
+    check.add_argument("--dir", help="folder of the notebooks (default ./notebooks)")
+    check.set_defaults(func=_check)
+
+    listing = sub.add_parser("list", help="list the notebooks")
+    listing.add_argument("--dir", help="folder of the notebooks (default ./notebooks)")
+    listing.set_defaults(func=_list)
+    return parser

@@ -1,0 +1,44 @@
+"""Helpers for the course notebooks: show the library's own code instead of copying it.
+
+The training step (``diffusion.training_loss``) and the sampling loops (``sampling.ddpm_sample``,
+``sampling.ddim_sample``) keep their core lines between a line ``# Start`` and a line ``# End``.
+Notebook 04 prints those regions with :func:`region_source`, so what students read is always
+the code that runs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import textwrap
+from typing import Callable
+
+START_MARKER = "# Start"
+END_MARKER = "# End"
+
+
+def region_source(func: Callable, dedent: bool = True) -> str:
+    """The source lines between ``# Start`` and ``# End`` inside ``func``.
+
+    Args:
+        func: a function (or method) whose source holds exactly one ``# Start`` line followed by
+            one ``# End`` line (the marker alone on its line, indentation allowed).
+        dedent: remove the common leading indentation.
+
+    Returns:
+        The lines strictly between the markers, newline-terminated.
+
+    Raises:
+        ValueError: the source cannot be read, or the markers are missing, repeated or out of order.
+    """
+    try:
+        lines = inspect.getsource(func).splitlines()
+    except (OSError, TypeError) as error:
+        raise ValueError(f"cannot read the source of {func!r}: {error}") from error
+    starts = [i for i, line in enumerate(lines) if line.strip() == START_MARKER]
+    ends = [i for i, line in enumerate(lines) if line.strip() == END_MARKER]
+    name = getattr(func, "__qualname__", repr(func))
+    if len(starts) != 1 or len(ends) != 1 or ends[0] <= starts[0]:
+        raise ValueError(f"{name} must contain one {START_MARKER!r} line followed by one {END_MARKER!r} line; "
+                         f"found {len(starts)} start and {len(ends)} end markers")
+    region = "\n".join(lines[starts[0] + 1:ends[0]]) + "\n"
+    return textwrap.dedent(region) if dedent else region
