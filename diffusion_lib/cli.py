@@ -78,6 +78,96 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    """Sample from a checkpoint (diffusion or VAE), score against its real data, write JSON, print a table."""
+    import json
+    import time
+    import warnings
+
+    from .atomic import atomic_write_text
+    from .checkpoint import load_model
+    from .data import load_dataset
+    from .device import resolve_device
+    from .metrics import evaluate_samples
+    from .sampling import cycle_labels, sample
+
+    n, batch_size = args.num_samples, args.batch_size
+    if n < 2:
+        raise ValueError(f"--num-samples must be >= 2 (FID, KID and diversity compare images); got {n}")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1; got {batch_size}")
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".eval.json")
+    if out.suffix != ".json":
+        raise ValueError(f"--out must end in .json; got {out}")
+    device = resolve_device(args.device)
+    loaded = load_model(args.checkpoint, device=device)
+    config, d = loaded.config, loaded.data
+    generator = torch.Generator().manual_seed(args.seed)  # CPU noise: the same samples on every device
+    report = {"checkpoint": str(args.checkpoint), "model": config.model.kind, "step": loaded.step, "seed": args.seed}
+    start = time.perf_counter()
+    labels = None
+    if loaded.schedule is None:  # VAE: decode prior draws z ~ N(0, I)
+        given = [k for k in ("sampler", "num_inference_steps", "guidance_scale", "eta") if getattr(args, k) is not None]
+        if given:
+            raise ValueError(f"--{given[0].replace('_', '-')} applies to diffusion checkpoints; {args.checkpoint} "
+                             f"holds a {config.model.kind} model (it samples from its prior)")
+        images = torch.cat([loaded.model.sample(min(batch_size, n - i), generator=generator).cpu()
+                            for i in range(0, n, batch_size)])
+    else:
+        s = config.sampling
+        sampler = args.sampler or s.sampler
+        if args.eta is not None and sampler != "ddim":
+            raise ValueError(f"--eta applies to the DDIM sampler only; got --sampler {sampler}")
+        conditional = getattr(loaded.model, "null_label", None) is not None
+        if not conditional and args.guidance_scale not in (None, 0.0, 1.0):
+            raise ValueError(f"--guidance-scale {args.guidance_scale} needs a class-conditional model")
+        labels = cycle_labels(n, d["num_classes"]) if conditional else None
+        guidance = args.guidance_scale if args.guidance_scale is not None else (s.guidance_scale if conditional else 1.0)
+        steps = args.num_inference_steps or (s.num_inference_steps if sampler == "ddim" else None)
+        extra = {"eta": s.eta if args.eta is None else args.eta} if sampler == "ddim" else {}
+        batches = []
+        for i in range(0, n, batch_size):
+            y = labels[i:i + batch_size].to(device) if labels is not None else None
+            shape = (min(batch_size, n - i), d["channels"], d["image_size"], d["image_size"])
+            batches.append(sample(loaded.model, loaded.schedule, sampler, shape=shape, y=y, guidance_scale=guidance,
+                                  num_inference_steps=steps, prediction_type=config.diffusion.prediction_type,
+                                  clip_sample=s.clip_sample, generator=generator, progress=not args.no_progress,
+                                  **extra).images.cpu())
+        images = torch.cat(batches)
+        report.update(sampler=sampler, num_inference_steps=steps or loaded.schedule.num_train_timesteps,
+                      guidance_scale=guidance if conditional else None, eta=extra.get("eta"))
+    report["sampling_seconds"] = round(time.perf_counter() - start, 3)
+    real = load_dataset(d["source"], image_size=d["image_size"], **config.data.options)
+    with warnings.catch_warnings():  # the small-sample FID warning is also a note, printed below
+        warnings.filterwarnings("ignore", message="FID from", category=UserWarning)
+        result = evaluate_samples(images, real, labels=labels, extractor=args.extractor, dataset=d["source"],
+                                  cache_dir=args.cache_dir, device=device, domain_steps=args.domain_steps,
+                                  seed=args.seed)
+    report.update(result.to_dict())
+    atomic_write_text(out, json.dumps(report, indent=2) + "\n")
+
+    r = result
+    kid = None if r.kid_mean is None else f"{r.kid_mean:.5f} ± {r.kid_std:.5f} (subsets of {r.kid_subset_size})"
+    inception = None if r.is_mean is None else f"{r.is_mean:.3f}" + (
+        f" ± {r.is_std:.3f} ({r.is_splits} splits)" if r.is_std is not None else " (1 split)")
+    rows = [("FID (lower is better)", None if r.fid is None else f"{r.fid:.4f}"),
+            ("KID (lower is better)", kid), ("IS (higher is better)", inception),
+            ("diversity", None if r.diversity is None else f"{r.diversity:.4f}"),
+            ("class accuracy", None if r.class_accuracy is None else f"{r.class_accuracy:.3f}")]
+    sampling = (f"{report['sampler']}, {report['num_inference_steps']} steps, guidance {report['guidance_scale']}"
+                if loaded.schedule is not None else "prior samples")
+    print(f"{args.checkpoint} ({config.model.kind}, step {loaded.step}): {r.num_generated} samples ({sampling}) "
+          f"vs {r.num_real} real images of {r.dataset}")
+    print(f"extractor: {r.extractor} (scores of different extractors are not comparable)")
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"  {name:<{width}}  {'-' if value is None else value}")
+    for note in r.notes:
+        print(f"note: {note}")
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command (also used to document them)."""
     parser = argparse.ArgumentParser(prog="python -m diffusion_lib", description=__doc__)
@@ -117,6 +207,43 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--no-clip", action="store_true", help="do not clip predicted x_0 to [-1, 1]")
     smp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     smp.set_defaults(func=_sample)
+
+    ev = commands.add_parser(
+        "evaluate", help="score samples of a checkpoint: FID, KID, IS, diversity, class accuracy -> JSON + table",
+        description="Sample from a trained checkpoint (diffusion UNet or VAE), load the real images of the data "
+                    "source it was trained on, and score the samples with diffusion_lib.metrics.evaluate_samples. "
+                    "FID/KID/IS use the Inception network when its weights are on disk, else a domain classifier "
+                    "trained on the real images (cached); the extractor is named in the output, and scores of "
+                    "different extractors are not comparable. Nothing is downloaded at scoring time.")
+    ev.add_argument("--checkpoint", required=True, help="a checkpoint written by `train` (…/checkpoints/last.ckpt)")
+    ev.add_argument("--num-samples", type=int, default=1000,
+                    help="images to generate and score (default 1000; FID needs thousands to be stable, and "
+                         "scores are only comparable at equal counts)")
+    ev.add_argument("--sampler", choices=["ddpm", "ddim"],
+                    help="reverse process of a diffusion checkpoint (default: the config's sampling.sampler)")
+    ev.add_argument("--num-inference-steps", type=int,
+                    help="sampler steps K (default: the config's for DDIM, all T for DDPM)")
+    ev.add_argument("--guidance-scale", type=float,
+                    help="classifier-free guidance w of a conditional model: 0 unconditional, 1 conditional, "
+                         ">1 guided (default: the config's)")
+    ev.add_argument("--eta", type=float, help="DDIM stochasticity, 0 deterministic (default: the config's)")
+    ev.add_argument("--seed", type=int, default=0,
+                    help="seed of the samples, KID subsets and IS splits; same seed, same scores (default 0)")
+    ev.add_argument("--out", help="JSON file for the settings and scores (default: the checkpoint path with "
+                                  "suffix .eval.json)")
+    ev.add_argument("--extractor", choices=["auto", "inception", "domain"], default="auto",
+                    help="feature network of FID/KID/IS: inception (weights must be on disk), domain (a classifier "
+                         "trained on the real images), auto (inception if available, else domain; default)")
+    ev.add_argument("--domain-steps", type=int,
+                    help="training steps of a domain classifier that is not cached yet (default: 5 epochs, "
+                         "200..5000 steps)")
+    ev.add_argument("--cache-dir",
+                    help="folder for domain classifiers and real-image features (default "
+                         "$DIFFUSION_LIB_CACHE/metrics or ~/.cache/diffusion_lib/metrics)")
+    ev.add_argument("--batch-size", type=int, default=256, help="images generated at once (default 256)")
+    ev.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, ... (default auto)")
+    ev.add_argument("--no-progress", action="store_true", help="hide the sampler's progress bar")
+    ev.set_defaults(func=_evaluate)
     from .notebooks import add_notebooks_command
     add_notebooks_command(commands)
     return parser

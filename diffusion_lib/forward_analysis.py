@@ -25,7 +25,8 @@ import torch
 from scipy import stats
 from torch import nn
 
-from .diffusion import q_sample, randn
+from .device import randn
+from .diffusion import q_sample
 from .schedules import NoiseSchedule, available_schedules
 
 MEASURES = ("correlation", "accuracy", "mean", "std", "ks", "sliced_w2")
@@ -111,7 +112,10 @@ def sliced_w2_to_normal(x: torch.Tensor, num_projections: int = 64, generator: t
 @torch.no_grad()
 def classifier_accuracy(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 512) -> float:
     """Share of ``images`` (N, C, H, W) whose argmax logit equals ``labels`` (N,); the classifier is called
-    as ``classifier(x)`` on its own device."""
+    as ``classifier(x)`` on its own device.
+
+    Unlike :func:`diffusion_lib.metrics.class_accuracy` it accepts values outside [-1, 1], as noisy x_t has.
+    """
     device = next(classifier.parameters()).device
     correct = 0
     for start in range(0, len(images), batch_size):

@@ -88,6 +88,12 @@ _TRUE = {"1", "ON", "YES", "TRUE"}
 def scheduler_class(name: str | type) -> type[SchedulerMixin]:
     """The diffusers scheduler class for a short name (a key of :data:`SCHEDULERS`) or a class name.
 
+    Args:
+        name: "ddim", "euler", ... or "DDIMScheduler", ...; a SchedulerMixin subclass is returned as is.
+
+    Returns:
+        the class.
+
     Raises:
         ValueError: unknown name (the message lists the accepted ones).
     """
@@ -133,7 +139,7 @@ def scheduler_from_schedule(name: str | type, schedule: NoiseSchedule, predictio
 
 
 def alpha_bar_at(schedule: NoiseSchedule, t: float | torch.Tensor) -> torch.Tensor:
-    """alpha_bar at a (possibly fractional) timestep t in [0, T-1], float64 scalar tensor.
+    """alpha_bar at a (possibly fractional) timestep t in [0, T-1], as a float64 scalar tensor.
 
     Integer t reads ``schedule.alphas_cumprod[t]``. Sigma-space schedulers (Euler, Heun, LMS with
     "linspace" spacing) visit fractional t; there sigma = sqrt((1 - abar) / abar) is interpolated
@@ -367,16 +373,32 @@ class DiffusersUNet(ModelMixin, ConfigMixin):
 
     @classmethod
     def from_unet(cls, unet: nn.Module, sample_size: int | None = None) -> "DiffusersUNet":
-        """Wrap a copy of ``unet``'s weights (``unet.config`` gives the architecture)."""
-        if not hasattr(unet, "config") or not isinstance(unet.config, dict):
+        """Wrap a copy of ``unet``'s weights (``unet.config`` gives the architecture), on the CPU in eval mode.
+
+        Raises:
+            ValueError: ``unet`` is not a diffusion_lib UNet (no ``config`` dict).
+        """
+        if not isinstance(getattr(unet, "config", None), dict) or "base_channels" not in unet.config:
             raise ValueError(f"expected a diffusion_lib UNet/ConditionalUNet with a .config dict; got {type(unet).__name__}")
-        wrapper = cls(**unet.config, sample_size=sample_size)
+        try:
+            wrapper = cls(**unet.config, sample_size=sample_size)
+        except TypeError as error:
+            raise ValueError(f"{type(unet).__name__} is not a diffusion_lib UNet/ConditionalUNet ({error})") from error
         wrapper.net.load_state_dict(unet.state_dict())
-        return wrapper.to(next(unet.parameters()).device).eval()
+        return wrapper.eval()
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor | float | int, class_labels: torch.Tensor | None = None,
                 return_dict: bool = True) -> UNet2DOutput | tuple[torch.Tensor]:
-        """``net(sample, timestep, class_labels)`` wrapped as diffusers' ``UNet2DOutput(sample=...)``."""
+        """Run the wrapped network with ``UNet2DModel``'s signature.
+
+        Args:
+            sample: x_t, float (B, C, H, W). timestep: int64 (B,) or a scalar in [0, T-1].
+            class_labels: int64 (B,) labels of a conditional model, or None (null label).
+            return_dict: wrap the output in ``UNet2DOutput(sample=...)`` (else a 1-tuple).
+
+        Returns:
+            the prediction, (B, C, H, W), in ``UNet2DOutput`` or a tuple.
+        """
         out = self.net(sample, timestep, class_labels)
         return UNet2DOutput(sample=out) if return_dict else (out,)
 
@@ -537,6 +559,13 @@ def hub_offline_reason(name: str, timeout: float = HUB_PROBE_TIMEOUT_S) -> str |
     ``HF_HUB_OFFLINE=1`` counts as offline without any network access; otherwise the hub
     (``HF_ENDPOINT``, default https://huggingface.co) is probed with a HEAD request in a daemon
     thread, so even a hanging DNS lookup gives up after ``timeout`` seconds.
+
+    Args:
+        name: a repository id, e.g. "google/ddpm-cifar10-32".
+        timeout: seconds to wait for the hub.
+
+    Returns:
+        None when the hub answered (any HTTP status), else a one-line reason.
     """
     from huggingface_hub import constants
 

@@ -94,8 +94,7 @@ def interpreter_kernel() -> Iterator[str]:
     package_root = str(Path(__file__).resolve().parent.parent)
     python_path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
     spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": f"Python 3 ({sys.executable})", "language": "python", "env": {"PYTHONPATH": python_path},
-            "metadata": {"supported_encryption": ["curve"]}}  # as ipykernel's own spec: encrypted local transport
+            "display_name": f"Python 3 ({sys.executable})", "language": "python", "env": {"PYTHONPATH": python_path}}
     old = os.environ.get("JUPYTER_PATH")
     with tempfile.TemporaryDirectory(prefix="diffusion_lib_kernel_") as tmp:
         spec_dir = Path(tmp) / "kernels" / KERNEL_NAME
@@ -116,7 +115,7 @@ def _first_error(error: BaseException) -> str:
     from papermill.exceptions import PapermillExecutionError
 
     if isinstance(error, PapermillExecutionError):
-        text = f"cell {error.exec_count}: {error.ename}: {error.evalue}"
+        text = f"In [{error.exec_count}]: {error.ename}: {error.evalue}"
     else:
         text = f"{type(error).__name__}: {error}"
     text = " ".join(text.split())
@@ -211,7 +210,8 @@ def check_notebook(path: str | Path) -> list[str]:
     """Problems of a stored notebook (empty list: clean).
 
     Checked: valid nbformat 4; no outputs and no execution counts; exactly one code cell tagged
-    ``parameters`` that sets ``PROFILE``; kernelspec metadata {"name": "python3", "display_name":
+    ``parameters`` that sets ``PROFILE``, one assignment per line and no other "=" (papermill's parser);
+    kernelspec metadata {"name": "python3", "display_name":
     "Python 3", "language": "python"}; no papermill metadata; a first markdown cell with "Learning
     objectives"; a last markdown cell with "Questions".
 
@@ -242,6 +242,11 @@ def check_notebook(path: str | Path) -> list[str]:
         problems.append(f"{len(tagged)} cells are tagged 'parameters'; expected exactly 1")
     elif cells[tagged[0]].cell_type != "code" or "PROFILE" not in cells[tagged[0]].source:
         problems.append("the 'parameters' cell must be a code cell that sets PROFILE")
+    else:
+        for number, line in enumerate(cells[tagged[0]].source.splitlines(), 1):
+            if line.count("=") > 1:  # papermill reads parameters line by line and cannot parse these
+                problems.append(f"parameters cell line {number} has more than one '=' (also in strings or "
+                                f"comments), which papermill cannot parse: {line.strip()!r}")
     spec = dict(nb.metadata.get("kernelspec", {}))
     if spec != KERNELSPEC:
         problems.append(f"kernelspec metadata is {spec}; expected {KERNELSPEC}")

@@ -189,7 +189,8 @@ def forward_strip(schedules: Mapping[str, nn.Module], x0: torch.Tensor, timestep
     Raises:
         ValueError: a timestep outside [0, T-1] for some schedule.
     """
-    from .diffusion import q_sample, randn
+    from .device import randn
+    from .diffusion import q_sample
 
     if noise is None:
         noise = randn(x0.shape, torch.Generator().manual_seed(seed)).to(x0.device)
