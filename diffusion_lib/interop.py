@@ -60,7 +60,7 @@ from .checkpoint import LoadedModel
 from .device import randn, resolve_device
 from .diffusion import check_prediction_type
 from .models.unet import build_unet
-from .sampling import SamplerOutput, guided_prediction
+from .sampling import SamplerOutput, check_guidance_inputs, guided_prediction
 from .schedules import NoiseSchedule
 
 SCHEDULERS: dict[str, type[SchedulerMixin]] = {
@@ -297,7 +297,7 @@ def sample_with_diffusers_scheduler(model: nn.Module, schedule: NoiseSchedule, s
     x = noise.to(device).float() if noise is not None else randn(tuple(shape), generator, device)
     if x.ndim != 4:
         raise ValueError(f"samples must be (N, C, H, W); got shape {tuple(x.shape)}")
-    y = _check_labels(model, y, x.shape[0], guidance_scale, device)
+    y = check_guidance_inputs(model, y, x.shape[0], guidance_scale, device)
 
     parameters = inspect.signature(scheduler.step).parameters
     step_kwargs = dict(step_kwargs or {})
@@ -320,24 +320,6 @@ def sample_with_diffusers_scheduler(model: nn.Module, schedule: NoiseSchedule, s
     return DiffusersSamplerOutput(x.clamp(-1, 1), y, None, scheduler=type(scheduler).__name__,
                                   timesteps=[float(t) for t in scheduler.timesteps],
                                   num_model_evaluations=adapter.num_evaluations)
-
-
-def _check_labels(model: nn.Module, y, batch: int, guidance_scale: float, device) -> torch.Tensor | None:
-    """Validate labels and guidance as our samplers do; labels as int64 on ``device``."""
-    if guidance_scale < 0:
-        raise ValueError(f"guidance_scale must be >= 0; got {guidance_scale}")
-    if y is None:
-        if guidance_scale not in (0.0, 1.0):
-            raise ValueError(f"guidance_scale={guidance_scale} needs labels y (classifier-free guidance toward a class)")
-        return None
-    if getattr(model, "null_label", None) is None:
-        raise ValueError("labels/guidance given, but the model is unconditional (no null label); use a ConditionalUNet")
-    y = torch.as_tensor(y, dtype=torch.long, device=device)
-    if y.shape != (batch,):
-        raise ValueError(f"labels y must have shape ({batch},); got {tuple(y.shape)}")
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= model.num_classes):
-        raise ValueError(f"labels must be in [0, {model.num_classes - 1}]; got values in [{int(y.min())}, {int(y.max())}]")
-    return y
 
 
 # ----------------------------------------------------------------------------- diffusers' folder format

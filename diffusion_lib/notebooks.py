@@ -298,7 +298,8 @@ def add_notebooks_command(commands: argparse._SubParsersAction) -> argparse.Argu
     """Add ``notebooks {run, check, list}`` to the CLI's sub-parsers; returns the ``notebooks`` parser."""
     parser = commands.add_parser("notebooks", help="execute the course notebooks (papermill) or check them",
                                  description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="notebooks_command", required=True, metavar="ACTION")
+    sub = parser.add_subparsers(dest="notebooks_command", required=True, metavar="ACTION",
+                                help="run (execute), check (stored notebooks are clean) or list")
 
     run = sub.add_parser("run", help="execute notebooks and print a table of status and seconds",
                          description="Execute notebooks with papermill in a kernel of this interpreter; exit 1 if any fails.")

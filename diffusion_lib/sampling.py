@@ -295,6 +295,40 @@ def cycle_labels(num_samples: int, num_classes: int) -> torch.Tensor:
     return torch.arange(num_samples) % num_classes
 
 
+def check_guidance_inputs(model: nn.Module, y, batch: int, guidance_scale: float,
+                          device: torch.device | str) -> torch.Tensor | None:
+    """Validate labels and guidance scale for sampling; return the labels as int64 on ``device``.
+
+    Args:
+        model: the network; labels need a ``null_label`` (ConditionalUNet).
+        y: labels (anything ``torch.as_tensor`` takes) of shape (batch,), or None.
+        batch: number of samples N.
+        guidance_scale: classifier-free guidance w.
+        device: where the labels should live.
+
+    Returns:
+        int64 (N,) labels, or None.
+
+    Raises:
+        ValueError: w < 0; w not in {0, 1} without labels; labels for an unconditional model;
+            labels of the wrong shape or outside [0, num_classes - 1].
+    """
+    if guidance_scale < 0:
+        raise ValueError(f"guidance_scale must be >= 0; got {guidance_scale}")
+    if y is None:
+        if guidance_scale not in (0.0, 1.0):
+            raise ValueError(f"guidance_scale={guidance_scale} needs labels y (classifier-free guidance toward a class)")
+        return None
+    if getattr(model, "null_label", None) is None:
+        raise ValueError("labels/guidance given, but the model is unconditional (no null label); use a ConditionalUNet")
+    y = torch.as_tensor(y, dtype=torch.long, device=device)
+    if y.shape != (batch,):
+        raise ValueError(f"labels y must have shape ({batch},); got {tuple(y.shape)}")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= model.num_classes):
+        raise ValueError(f"labels must be in [0, {model.num_classes - 1}]; got values in [{int(y.min())}, {int(y.max())}]")
+    return y
+
+
 # --- set-up shared by both samplers ---------------------------------------------------------------
 
 
@@ -342,19 +376,7 @@ def _setup(model, schedule, shape, noise, y, guidance_scale, num_inference_steps
     x = noise.to(device).float() if noise is not None else randn(tuple(shape), generator, device)
     if x.ndim != 4:
         raise ValueError(f"samples must be (N, C, H, W); got shape {tuple(x.shape)}")
-    if guidance_scale < 0:
-        raise ValueError(f"guidance_scale must be >= 0; got {guidance_scale}")
-    if y is not None:
-        y = torch.as_tensor(y, dtype=torch.long, device=device)
-        if y.shape != (x.shape[0],):
-            raise ValueError(f"labels y must have shape ({x.shape[0]},); got {tuple(y.shape)}")
-        num_classes = getattr(model, "num_classes", None)
-        if num_classes is not None and y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-            raise ValueError(f"labels must be in [0, {num_classes - 1}]; got values in [{int(y.min())}, {int(y.max())}]")
-    if y is None and guidance_scale not in (0.0, 1.0):
-        raise ValueError(f"guidance_scale={guidance_scale} needs labels y (classifier-free guidance toward a class)")
-    if y is not None and getattr(model, "null_label", None) is None:
-        raise ValueError("labels/guidance given, but the model is unconditional (no null label); use a ConditionalUNet")
+    y = check_guidance_inputs(model, y, x.shape[0], guidance_scale, device)
     if classifier is not None and classifier_scale != 0.0 and y is None:
         raise ValueError("classifier guidance needs target labels y")
     schedule = schedule.to(device)
