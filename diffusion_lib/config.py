@@ -152,6 +152,7 @@ class TrainingConfig:
         _require(0.0 <= self.ema_decay < 1.0, f"training.ema_decay must be in [0, 1); got {self.ema_decay}")
         _require(self.grad_clip >= 0 and self.warmup_steps >= 0 and self.sample_every >= 0,
                  "training.grad_clip, warmup_steps and sample_every must be >= 0")
+        _require(self.vae_beta >= 0, f"training.vae_beta must be >= 0; got {self.vae_beta}")
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Pictures: image grids and NPZ exports (the uint8 edge), schedule plots, forward-process strips."""
+"""Pictures: image grids and NPZ exports (the uint8 edge), schedule and structure plots, forward-process strips,
+reverse-process trajectories and GIFs, guidance sweeps. Figures are matplotlib ``Figure`` objects (no pyplot state)."""
 
 from __future__ import annotations
 

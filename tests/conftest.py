@@ -5,8 +5,6 @@ import torch
 
 from diffusion_lib import ConditionalUNet, NoiseSchedule, UNet
 
-torch.set_num_threads(2)
-
 
 @pytest.fixture
 def schedule() -> NoiseSchedule:

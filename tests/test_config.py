@@ -35,6 +35,7 @@ def test_defaults_and_overrides(tmp_path):
     ("model:\n  conditional: maybe\n", "model.conditional must be true or false"),
     ("model: [1, 2]\n", "config section model must be a mapping"),
     ("training: {max_steps: [\n", "not valid YAML"),
+    ("training:\n  vae_beta: -1\n", "training.vae_beta must be >= 0"),
 ])
 def test_bad_configs_name_the_key(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
