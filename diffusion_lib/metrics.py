@@ -262,7 +262,9 @@ def domain_extractor(real: torch.Tensor, real_labels: torch.Tensor, *, dataset: 
         perm = torch.randperm(real.shape[0], generator=torch.Generator().manual_seed(seed))
         n_val = int(round(val_fraction * real.shape[0]))
         val, train = perm[:n_val], perm[n_val:]
-        model = Classifier(real.shape[1], num_classes, base_channels=base_channels)
+        with torch.random.fork_rng(devices=[]):  # seeded initial weights, caller's global RNG untouched
+            torch.manual_seed(seed)
+            model = Classifier(real.shape[1], num_classes, base_channels=base_channels)
         train_classifier(model, real_q[train], labels[train], steps=steps, batch_size=batch_size, seed=seed,
                          device=device)
         val_accuracy = class_accuracy(real_q[val], labels[val], model) if n_val else None

@@ -160,7 +160,8 @@ def predict_x0_and_eps(model: nn.Module, schedule: NoiseSchedule, x_t: torch.Ten
         (x0, eps), each (B, C, H, W).
     """
     t_batch = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
-    output = guided_prediction(model, x_t, t_batch, y, guidance_scale).float()
+    model_labels = y if getattr(model, "null_label", None) is not None else None  # unconditional UNet: classifier only
+    output = guided_prediction(model, x_t, t_batch, model_labels, guidance_scale).float()
     x0, eps = to_x0_and_eps(schedule, output, x_t, t_batch, prediction_type)
     if classifier is not None and classifier_scale != 0.0:
         gradient = classifier_log_prob_grad(classifier, x_t, t_batch, y)
@@ -295,37 +296,46 @@ def cycle_labels(num_samples: int, num_classes: int) -> torch.Tensor:
     return torch.arange(num_samples) % num_classes
 
 
-def check_guidance_inputs(model: nn.Module, y, batch: int, guidance_scale: float,
-                          device: torch.device | str) -> torch.Tensor | None:
+def check_guidance_inputs(model: nn.Module, y, batch: int, guidance_scale: float, device: torch.device | str,
+                          classifier: nn.Module | None = None) -> torch.Tensor | None:
     """Validate labels and guidance scale for sampling; return the labels as int64 on ``device``.
 
+    Labels condition a ConditionalUNet (and its classifier-free guidance). With classifier
+    guidance they may also go to an unconditional UNet: then only the classifier sees them.
+
     Args:
-        model: the network; labels need a ``null_label`` (ConditionalUNet).
+        model: the network.
         y: labels (anything ``torch.as_tensor`` takes) of shape (batch,), or None.
         batch: number of samples N.
         guidance_scale: classifier-free guidance w.
         device: where the labels should live.
+        classifier: the classifier of classifier guidance, if used.
 
     Returns:
         int64 (N,) labels, or None.
 
     Raises:
-        ValueError: w < 0; w not in {0, 1} without labels; labels for an unconditional model;
-            labels of the wrong shape or outside [0, num_classes - 1].
+        ValueError: w < 0; w not in {0, 1} without labels or with an unconditional model; labels for an
+            unconditional model without classifier guidance; labels of the wrong shape or outside
+            [0, num_classes - 1].
     """
     if guidance_scale < 0:
         raise ValueError(f"guidance_scale must be >= 0; got {guidance_scale}")
+    conditional = getattr(model, "null_label", None) is not None
+    if guidance_scale not in (0.0, 1.0) and (y is None or not conditional):
+        raise ValueError(f"guidance_scale={guidance_scale} needs labels y and a class-conditional model "
+                         "(classifier-free guidance toward a class)")
     if y is None:
-        if guidance_scale not in (0.0, 1.0):
-            raise ValueError(f"guidance_scale={guidance_scale} needs labels y (classifier-free guidance toward a class)")
         return None
-    if getattr(model, "null_label", None) is None:
-        raise ValueError("labels/guidance given, but the model is unconditional (no null label); use a ConditionalUNet")
+    if not conditional and classifier is None:
+        raise ValueError("labels/guidance given, but the model is unconditional (no null label); use a ConditionalUNet "
+                         "or classifier guidance")
+    num_classes = model.num_classes if conditional else getattr(classifier, "num_classes", None)
     y = torch.as_tensor(y, dtype=torch.long, device=device)
     if y.shape != (batch,):
         raise ValueError(f"labels y must have shape ({batch},); got {tuple(y.shape)}")
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= model.num_classes):
-        raise ValueError(f"labels must be in [0, {model.num_classes - 1}]; got values in [{int(y.min())}, {int(y.max())}]")
+    if num_classes is not None and y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(f"labels must be in [0, {num_classes - 1}]; got values in [{int(y.min())}, {int(y.max())}]")
     return y
 
 
@@ -376,7 +386,8 @@ def _setup(model, schedule, shape, noise, y, guidance_scale, num_inference_steps
     x = noise.to(device).float() if noise is not None else randn(tuple(shape), generator, device)
     if x.ndim != 4:
         raise ValueError(f"samples must be (N, C, H, W); got shape {tuple(x.shape)}")
-    y = check_guidance_inputs(model, y, x.shape[0], guidance_scale, device)
+    y = check_guidance_inputs(model, y, x.shape[0], guidance_scale, device,
+                              classifier if classifier_scale != 0.0 else None)
     if classifier is not None and classifier_scale != 0.0 and y is None:
         raise ValueError("classifier guidance needs target labels y")
     schedule = schedule.to(device)

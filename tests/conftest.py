@@ -1,5 +1,8 @@
 """Shared fixtures: small models and schedules that make the core tests fast on 2 CPU cores."""
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -47,3 +50,24 @@ class ToyDenoiser(torch.nn.Module):
 @pytest.fixture
 def tiny_unet_model() -> torch.nn.Module:
     return ToyDenoiser()
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """Execute a notebook in the smoke profile once per session; later calls reuse the result.
+
+    Returns a function ``run(path) -> (NotebookResult, output_dir)`` where ``output_dir`` is the
+    notebook's ``OUTPUT_DIR``. The hub is marked offline so pipeline sections take their offline path.
+    """
+    from diffusion_lib.notebooks import run_notebook
+
+    root = tmp_path_factory.mktemp("notebooks")
+    results = {}
+
+    def run(path: Path):
+        if path.name not in results:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            results[path.name] = run_notebook(path, root, profile="smoke")
+        return results[path.name], root / Path(path).stem
+
+    return run

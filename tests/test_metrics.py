@@ -207,3 +207,17 @@ def test_result_serialises_and_tabulates():
     assert list(row)[:2] == ["model", "guidance_scale"]
     frame = pd.DataFrame([row, metrics.EvaluationResult("inception-v3", "x", 1, 1, fid=3.0).to_row(model="ddpm")])
     assert frame.shape[0] == 2 and "extractor" in frame.columns
+
+
+def test_domain_extractor_is_independent_of_the_global_rng(digits, tmp_path, offline):
+    _, real, labels = digits
+
+    def build(global_seed: int, folder: str):
+        torch.manual_seed(global_seed)  # whatever state earlier code left behind
+        return metrics.domain_extractor(real[:300], labels[:300], dataset="d", cache_dir=tmp_path / folder,
+                                        device="cpu", steps=3)
+
+    a, b = build(0, "a"), build(1, "b")
+    assert a.name == b.name
+    for p, q in zip(a.classifier.parameters(), b.classifier.parameters()):
+        assert torch.equal(p, q)

@@ -169,10 +169,39 @@ def test_runner_reports_the_first_error_and_the_cli_exits_non_zero(tmp_path, cap
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
-def test_notebook_runs_in_the_smoke_profile(path, tmp_path):
-    result = run_notebook(path, tmp_path, profile="smoke")
+def test_notebook_runs_in_the_smoke_profile(path, smoke_run):
+    result, _ = smoke_run(path)
     assert result.status == "ok", f"{path.name} failed after {result.seconds:.0f} s: {result.error}"
     executed = nbformat.read(result.output, as_version=4)
     code_cells = [c for c in executed.cells if c.cell_type == "code"]
     assert all(c.execution_count is not None for c in code_cells)
     assert not any(o.output_type == "error" for c in code_cells for o in c.outputs)
+
+
+def _outputs(result) -> tuple[str, int]:
+    """All text a notebook printed, and how many images it showed."""
+    executed = nbformat.read(result.output, as_version=4)
+    outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
+    text = "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in outputs)
+    return text, sum("image/png" in o.get("data", {}) for o in outputs)
+
+
+@pytest.mark.notebook
+def test_notebook_01_shows_the_fail_fast_message_and_its_tables(smoke_run):
+    result, output_dir = smoke_run(ROOT / "notebooks" / "01_data_acquisition_and_analysis.ipynb")
+    assert result.status == "ok", result.error
+    text, images = _outputs(result)
+    assert "flowers102: not found" in text  # offline, the full-profile source says what to do
+    assert images >= 8
+    assert (output_dir / "before_after_summary.csv").exists()
+
+
+@pytest.mark.notebook
+def test_notebook_07_says_what_it_would_load_and_writes_its_sweep(smoke_run):
+    result, output_dir = smoke_run(ROOT / "notebooks" / "07_sampler_exploration.ipynb")
+    assert result.status == "ok", result.error
+    text, images = _outputs(result)
+    assert "google/ddpm-cifar10-32" in text and images >= 5
+    table = (output_dir / "sweep.csv").read_text()
+    assert "ddim" in table and "EulerDiscreteScheduler" in table and "fid" in table
+    assert (output_dir / "diffusers_model" / "model_index.json").is_file()

@@ -115,8 +115,10 @@ def test_bad_sampler_inputs_raise_clear_errors(tiny_unet, tiny_cond_unet, schedu
         sample(tiny_unet, schedule, "euler", shape=(1, 1, 8, 8))
     with pytest.raises(ValueError, match="num_inference_steps must be an int in"):
         ddim_sample(tiny_unet, schedule, shape=(1, 1, 8, 8), num_inference_steps=101)
-    with pytest.raises(ValueError, match="unconditional"):
+    with pytest.raises(ValueError, match="class-conditional model"):
         ddim_sample(tiny_unet, schedule, shape=(2, 1, 8, 8), y=torch.tensor([0, 1]), guidance_scale=3.0)
+    with pytest.raises(ValueError, match="model is unconditional"):
+        ddim_sample(tiny_unet, schedule, shape=(2, 1, 8, 8), y=torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="needs labels"):
         ddim_sample(tiny_cond_unet, schedule, shape=(2, 1, 8, 8), guidance_scale=3.0)
     with pytest.raises(ValueError, match=r"labels must be in \[0, 2\]"):
@@ -125,3 +127,19 @@ def test_bad_sampler_inputs_raise_clear_errors(tiny_unet, tiny_cond_unet, schedu
         ddpm_sample(tiny_unet, schedule, shape=(1, 1, 8, 8), variance_type="learned")
     with pytest.raises(ValueError, match=r"expected input \(B, 1, H, W\)"):
         ddim_sample(tiny_unet, schedule, shape=(1, 3, 8, 8), num_inference_steps=2)
+
+
+def test_classifier_guidance_works_on_an_unconditional_unet(tiny_unet, schedule):
+    from diffusion_lib.models import Classifier
+
+    torch.manual_seed(0)
+    classifier = Classifier(1, 3, base_channels=8, time_conditional=True, num_train_timesteps=100)
+    noise = torch.randn(2, 1, 8, 8)
+    run = lambda scale: ddim_sample(tiny_unet, schedule, noise=noise, y=torch.tensor([0, 2]), num_inference_steps=4,
+                                    classifier=classifier, classifier_scale=scale).images
+    plain = ddim_sample(tiny_unet, schedule, noise=noise, num_inference_steps=4).images
+    torch.testing.assert_close(run(1e-6), plain, atol=1e-4, rtol=0)  # labels accepted; a vanishing scale is unguided
+    assert not torch.allclose(run(50.0), plain)  # the classifier's gradient moves the samples
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 2\]"):
+        ddim_sample(tiny_unet, schedule, noise=noise, y=torch.tensor([0, 3]), num_inference_steps=2,
+                    classifier=classifier, classifier_scale=1.0)

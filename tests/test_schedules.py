@@ -8,7 +8,17 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
 from diffusion_lib import NoiseSchedule, available_schedules, register_schedule
+from diffusion_lib import schedules
 from diffusion_lib.schedules import get_betas
+
+
+@pytest.fixture
+def registry():
+    """Schedules registered inside a test are removed afterwards (the registry is global)."""
+    saved = dict(schedules._SCHEDULES)
+    yield
+    schedules._SCHEDULES.clear()
+    schedules._SCHEDULES.update(saved)
 
 
 def test_linear_matches_ho_et_al():
@@ -80,7 +90,7 @@ def test_buffers_are_float32_and_move_with_module():
     assert all(v.dtype == torch.float32 for v in names.values())
 
 
-def test_registered_schedule_is_usable_by_name():
+def test_registered_schedule_is_usable_by_name(registry):
     @register_schedule("test_constant")
     def constant(num_train_timesteps, beta=0.01):
         return np.full(num_train_timesteps, beta)
@@ -90,7 +100,7 @@ def test_registered_schedule_is_usable_by_name():
     assert torch.allclose(s.betas, torch.full((20,), 0.05))
 
 
-def test_bad_schedule_inputs_raise_clear_errors():
+def test_bad_schedule_inputs_raise_clear_errors(registry):
     with pytest.raises(ValueError, match="unknown beta schedule 'nope'"):
         NoiseSchedule("nope", 10)
     with pytest.raises(ValueError, match="num_train_timesteps"):
@@ -102,3 +112,7 @@ def test_bad_schedule_inputs_raise_clear_errors():
 
     with pytest.raises(ValueError, match="outside"):
         NoiseSchedule("test_broken", 10)
+
+
+def test_test_registrations_do_not_leak():
+    assert "test_broken" not in available_schedules() and "test_constant" not in available_schedules()
