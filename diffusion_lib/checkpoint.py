@@ -67,12 +67,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path} is not a diffusion_lib checkpoint (no format={FORMAT!r} marker); "
                          "was it written by another library?")
-    if state["format_version"] > FORMAT_VERSION:
-        raise ValueError(f"checkpoint {path} has format_version {state['format_version']}; this library reads "
-                         f"<= {FORMAT_VERSION}: upgrade diffusion_lib")
     missing = [key for key in REQUIRED_KEYS if key not in state]
     if missing:
         raise ValueError(f"checkpoint {path} is missing {missing}")
+    if state["format_version"] > FORMAT_VERSION:
+        raise ValueError(f"checkpoint {path} has format_version {state['format_version']}; this library reads "
+                         f"<= {FORMAT_VERSION}: upgrade diffusion_lib")
     return state
 
 

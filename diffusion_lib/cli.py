@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from .data import DatasetUnavailableError
+
 
 def _train(args: argparse.Namespace) -> int:
     from .config import load_config
@@ -52,17 +54,19 @@ def _sample(args: argparse.Namespace) -> int:
         raise ValueError(f"--guidance-scale {args.guidance_scale} needs a class-conditional model")
     s = loaded.config.sampling
     guidance = args.guidance_scale if args.guidance_scale is not None else (s.guidance_scale if labels is not None else 1.0)
+    sampler = args.sampler or s.sampler
     d = loaded.data
     generator = torch.Generator().manual_seed(args.seed)
-    extra = {"eta": args.eta} if args.sampler == "ddim" else {"variance_type": args.variance_type}
-    steps = args.num_inference_steps or (s.num_inference_steps if args.sampler == "ddim" else None)
+    extra = {"eta": s.eta if args.eta is None else args.eta} if sampler == "ddim" else {"variance_type": args.variance_type}
+    steps = args.num_inference_steps or (s.num_inference_steps if sampler == "ddim" else None)
     images = []
     for start in range(0, args.num_samples, args.batch_size):
         y = labels[start:start + args.batch_size].to(device) if labels is not None else None
         n = min(args.batch_size, args.num_samples - start)
-        result = sample(loaded.model, loaded.schedule, args.sampler, shape=(n, d["channels"], d["image_size"], d["image_size"]),
+        result = sample(loaded.model, loaded.schedule, sampler, shape=(n, d["channels"], d["image_size"], d["image_size"]),
                         y=y, guidance_scale=guidance, num_inference_steps=steps, generator=generator,
-                        prediction_type=loaded.config.diffusion.prediction_type, clip_sample=not args.no_clip,
+                        prediction_type=loaded.config.diffusion.prediction_type,
+                        clip_sample=s.clip_sample and not args.no_clip,
                         progress=not args.no_progress, **extra)
         images.append(result.images.cpu())
     images = torch.cat(images)
@@ -73,7 +77,7 @@ def _sample(args: argparse.Namespace) -> int:
         save_grid(ordered, out, nrow=per_row)
     else:
         save_grid(images, out, nrow=max(1, int(len(images) ** 0.5)))
-    print(f"wrote {len(images)} samples ({args.sampler}, steps={steps or loaded.schedule.num_train_timesteps}, "
+    print(f"wrote {len(images)} samples ({sampler}, steps={steps or loaded.schedule.num_train_timesteps}, "
           f"guidance_scale={guidance}) to {out}")
     return 0
 
@@ -189,12 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Sample from a trained diffusion checkpoint (EMA weights).")
     smp.add_argument("--checkpoint", required=True, help="a checkpoint written by `train` (…/checkpoints/last.ckpt)")
     smp.add_argument("--num-samples", type=int, default=100, help="how many images (default 100)")
-    smp.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim", help="reverse process (default ddim)")
+    smp.add_argument("--sampler", choices=["ddpm", "ddim"], help="reverse process (default: the config's)")
     smp.add_argument("--num-inference-steps", type=int,
                      help="sampler steps K (default: the config's for DDIM, all T for DDPM)")
     smp.add_argument("--guidance-scale", type=float,
                      help="classifier-free guidance w: 0 unconditional, 1 conditional, >1 guided (default: the config's)")
-    smp.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity, 0 deterministic (default 0)")
+    smp.add_argument("--eta", type=float, help="DDIM stochasticity in [0, 1], 0 deterministic (default: the config's)")
     smp.add_argument("--variance-type", choices=["fixed_small", "fixed_large"], default="fixed_small",
                      help="DDPM sigma_t^2: posterior variance (fixed_small, default) or beta_t (fixed_large)")
     smp.add_argument("--labels", type=int, nargs="+",
@@ -255,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, DatasetUnavailableError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -150,8 +150,8 @@ class TrainingConfig:
             _require(getattr(self, key) >= 1, f"training.{key} must be >= 1; got {getattr(self, key)}")
         _require(self.learning_rate > 0, f"training.learning_rate must be > 0; got {self.learning_rate}")
         _require(0.0 <= self.ema_decay < 1.0, f"training.ema_decay must be in [0, 1); got {self.ema_decay}")
-        _require(self.grad_clip >= 0 and self.warmup_steps >= 0 and self.sample_every >= 0,
-                 "training.grad_clip, warmup_steps and sample_every must be >= 0")
+        for key in ("grad_clip", "warmup_steps", "sample_every"):
+            _require(getattr(self, key) >= 0, f"training.{key} must be >= 0; got {getattr(self, key)}")
         _require(self.vae_beta >= 0, f"training.vae_beta must be >= 0; got {self.vae_beta}")
 
 
@@ -178,7 +178,8 @@ class SamplingConfig:
     def __post_init__(self):
         _require(self.sampler in SAMPLER_NAMES, f"sampling.sampler must be one of {list(SAMPLER_NAMES)}; got {self.sampler!r}")
         _require(self.num_inference_steps >= 1, f"sampling.num_inference_steps must be >= 1; got {self.num_inference_steps}")
-        _require(self.guidance_scale >= 0 and self.eta >= 0, "sampling.guidance_scale and sampling.eta must be >= 0")
+        _require(self.guidance_scale >= 0, f"sampling.guidance_scale must be >= 0; got {self.guidance_scale}")
+        _require(0.0 <= self.eta <= 1.0, f"sampling.eta must be in [0, 1]; got {self.eta}")
 
 
 @dataclass

@@ -85,7 +85,9 @@ def interpreter_kernel() -> Iterator[str]:
     """A temporary Jupyter kernelspec that runs this interpreter (``sys.executable``).
 
     The kernel imports the same ``diffusion_lib`` as the caller (its folder is put first on
-    ``PYTHONPATH``). ``JUPYTER_PATH`` points at the spec while the context is open and is
+    ``PYTHONPATH``) and finds datasets where the command line does: ``$DIFFUSION_LIB_DATA``, else the
+    repository's ``datasets/`` as an absolute path (notebooks run with their own folder as cwd).
+    ``JUPYTER_PATH`` points at the spec while the context is open and is
     restored afterwards.
 
     Yields:
@@ -93,8 +95,10 @@ def interpreter_kernel() -> Iterator[str]:
     """
     package_root = str(Path(__file__).resolve().parent.parent)
     python_path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+    data_root = str(Path(os.environ.get("DIFFUSION_LIB_DATA") or Path.cwd() / "datasets").resolve())
     spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": f"Python 3 ({sys.executable})", "language": "python", "env": {"PYTHONPATH": python_path}}
+            "display_name": f"Python 3 ({sys.executable})", "language": "python",
+            "env": {"PYTHONPATH": python_path, "DIFFUSION_LIB_DATA": data_root}}
     old = os.environ.get("JUPYTER_PATH")
     with tempfile.TemporaryDirectory(prefix="diffusion_lib_kernel_") as tmp:
         spec_dir = Path(tmp) / "kernels" / KERNEL_NAME

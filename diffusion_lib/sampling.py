@@ -12,6 +12,7 @@ same rule as (1 + w') eps_cond - w' eps_uncond: their w' = our w - 1.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -72,18 +73,18 @@ def inference_timesteps(num_train_timesteps: int, num_inference_steps: int, spac
         ValueError: K outside [1, T] or an unknown spacing.
     """
     T, K = num_train_timesteps, num_inference_steps
-    if not isinstance(K, int) or not 1 <= K <= T:
+    if isinstance(K, bool) or not isinstance(K, numbers.Integral) or not 1 <= K <= T:
         raise ValueError(f"num_inference_steps must be an int in [1, num_train_timesteps={T}]; got {K!r}")
+    K = int(K)
     if spacing == "leading":
-        steps = torch.arange(K) * (T // K)
+        ascending = torch.arange(K) * (T // K)
     elif spacing == "trailing":
-        steps = torch.round(torch.arange(T, 0, -T / K, dtype=torch.float64)).long() - 1
-        steps = steps.flip(0)
+        ascending = (torch.round(T - torch.arange(K, dtype=torch.float64) * (T / K)) - 1).long().flip(0)
     elif spacing == "linspace":
-        steps = torch.linspace(0, T - 1, K, dtype=torch.float64).round().long()
+        ascending = torch.linspace(0, T - 1, K, dtype=torch.float64).round().long()
     else:
         raise ValueError(f"unknown timestep spacing {spacing!r}; accepted: {list(TIMESTEP_SPACINGS)}")
-    return steps.flip(0).long()
+    return ascending.flip(0).long()
 
 
 def guided_prediction(model: nn.Module, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None,
@@ -248,7 +249,7 @@ def ddim_sample(model: nn.Module, schedule: NoiseSchedule, shape: Sequence[int] 
 
     Args:
         num_inference_steps: K in [1, T].
-        eta: stochasticity, >= 0.
+        eta: stochasticity in [0, 1]; above 1 the direction term sqrt(1 - abar_prev - sigma^2) is undefined.
         Others: as for :func:`ddpm_sample`.
 
     Returns:
@@ -257,8 +258,8 @@ def ddim_sample(model: nn.Module, schedule: NoiseSchedule, shape: Sequence[int] 
     Raises:
         ValueError: bad names, steps, eta, shapes or labels.
     """
-    if not eta >= 0:
-        raise ValueError(f"eta must be >= 0; got {eta}")
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must be in [0, 1] (0 deterministic DDIM, 1 DDPM-like); got {eta}")
     setup = _setup(model, schedule, shape, noise, y, guidance_scale, num_inference_steps, timestep_spacing,
                    prediction_type, clip_sample, classifier, classifier_scale, generator, capture_steps)
     x, predict, recorder = setup.x, setup.predict, setup.recorder

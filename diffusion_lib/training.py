@@ -18,7 +18,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import io
 import math
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -26,6 +29,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .atomic import atomic_write_text
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ExperimentConfig, save_config
 from .device import resolve_device
@@ -63,6 +67,19 @@ class EMA:
             ema_buffer.copy_(buffer)
 
 
+@contextlib.contextmanager
+def _deferred_sigint(on_interrupt):
+    """Within the block, Ctrl-C calls ``on_interrupt`` instead of raising mid-step (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: on_interrupt())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def build_network(config: ExperimentConfig, channels: int, image_size: int, num_classes: int) -> nn.Module:
     """The network the config asks for, fitted to the data's channels, size and classes.
 
@@ -90,6 +107,7 @@ class Trainer:
         output_dir: where logs, checkpoints and samples go (created).
         dataset: an ``ImageDataset``-like object with ``get_batch(indices)``, ``__len__``, ``channels``,
             ``image_size``, ``num_classes`` and ``class_names``; default: ``load_dataset`` from ``config.data``.
+            With ``config.data.val_fraction`` > 0 a seeded split is held out as ``self.val_dataset``.
         resume: continue from ``output_dir/checkpoints/last.ckpt`` (which must exist).
         progress: show a tqdm progress bar.
 
@@ -110,6 +128,11 @@ class Trainer:
             dataset = load_dataset(config.data.source, image_size=config.data.image_size, **config.data.options)
         if len(dataset) < 1:
             raise ValueError("the training dataset is empty")
+        self.val_dataset = None
+        if config.data.val_fraction > 0:  # seeded hold-out; the Trainer never sees it
+            from .data import split_dataset
+
+            dataset, self.val_dataset = split_dataset(dataset, config.data.val_fraction, seed=config.training.seed)
         self.dataset = dataset
         self.conditional = config.model.kind == "unet" and config.model.conditional
 
@@ -144,7 +167,8 @@ class Trainer:
     def train(self, max_steps: int | None = None) -> Path:
         """Train until ``max_steps`` (default ``config.training.max_steps``) and save the final checkpoint.
 
-        Interrupting (Ctrl-C) saves a checkpoint first, so ``resume=True`` continues from there.
+        Ctrl-C (SIGINT) is deferred to the end of the current step: the step finishes, a checkpoint
+        is saved and KeyboardInterrupt is raised, so ``resume=True`` continues exactly from there.
 
         Returns:
             The path of the last checkpoint.
@@ -157,8 +181,9 @@ class Trainer:
         self.model.train()
         bar = tqdm(total=max_steps, initial=self.step, desc=self.config.name, disable=not self.progress, dynamic_ncols=True)
         window_seconds, window_images = 0.0, 0  # training time only: sampling and checkpoints excluded
-        try:
-            while self.step < max_steps:
+        interrupted = []
+        with _deferred_sigint(lambda: interrupted.append(True)):
+            while self.step < max_steps and not interrupted:
                 start = time.perf_counter()
                 x0, y = self._next_batch()
                 terms = self.train_step(x0, y)
@@ -167,25 +192,23 @@ class Trainer:
                 bar.update(1)
                 if self.step % t.log_every == 0 or self.step == max_steps:
                     images_per_sec = window_images / max(window_seconds, 1e-9)
-                    row = {"step": self.step, **terms, "lr": self.lr_scheduler.get_last_lr()[0],
-                           "images_per_sec": images_per_sec}
-                    log(row)
-                    bar.set_postfix(loss=f"{terms['loss']:.4f}", img_s=f"{images_per_sec:.0f}")
+                    values = {k: v.item() for k, v in terms.items()}  # the only host sync of the loop
+                    log({"step": self.step, **values, "lr": self.lr_scheduler.get_last_lr()[0],
+                         "images_per_sec": images_per_sec})
+                    bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{images_per_sec:.0f}")
                     window_seconds, window_images = 0.0, 0
                 if t.sample_every and self.step % t.sample_every == 0:
                     self.save_samples(self.output_dir / "samples" / f"step_{self.step:07d}.png")
-                if self.step % t.checkpoint_every == 0:
+                if self.step % t.checkpoint_every == 0 and self.step < max_steps:
                     self.save(self.checkpoint_path)
-        except KeyboardInterrupt:
-            self.save(self.checkpoint_path)
-            raise
-        finally:
-            bar.close()
+        bar.close()
         self.save(self.checkpoint_path)
+        if interrupted:
+            raise KeyboardInterrupt(f"training interrupted at step {self.step}; checkpoint saved to {self.checkpoint_path}")
         return self.checkpoint_path
 
-    def train_step(self, x0: torch.Tensor, y: torch.Tensor | None) -> dict[str, float]:
-        """One optimiser step on a batch; returns the logged loss terms (python floats)."""
+    def train_step(self, x0: torch.Tensor, y: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """One optimiser step on a batch; returns the loss terms as detached scalar tensors (no host sync)."""
         t = self.config.training
         with self._autocast():
             loss, terms = self._loss(x0, y)
@@ -201,14 +224,14 @@ class Trainer:
         self.step += 1
         return terms
 
-    def _loss(self, x0: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+    def _loss(self, x0: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.schedule is None:  # VAE baseline: beta-weighted negative ELBO
             out = self.model.loss(x0, beta=self.config.training.vae_beta, generator=self.generator)
-            return out.loss, {"loss": out.loss.item(), "recon": out.recon.item(), "kl": out.kl.item()}
+            return out.loss, {"loss": out.loss.detach(), "recon": out.recon.detach(), "kl": out.kl.detach()}
         d = self.config.diffusion
         out = training_loss(self.model, self.schedule, x0, y if self.conditional else None,
                             prediction_type=d.prediction_type, p_uncond=d.p_uncond, generator=self.generator)
-        return out.loss, {"loss": out.loss.item()}
+        return out.loss, {"loss": out.loss.detach()}
 
     def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The next batch of a seeded random permutation, reshuffled every epoch."""
@@ -240,10 +263,11 @@ class Trainer:
                 rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= self.step]
         fields = ["step", "loss", "recon", "kl", "lr", "images_per_sec"] if self.schedule is None else \
             ["step", "loss", "lr", "images_per_sec"]
-        with path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
+        kept = io.StringIO()
+        writer = csv.DictWriter(kept, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(path, kept.getvalue())
 
         def log(row: dict) -> None:
             with path.open("a", newline="") as handle:
@@ -293,12 +317,10 @@ class Trainer:
                "data_generator": self.data_generator.get_state(), "order": self._order, "cursor": self._cursor}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        dataset = self.dataset
         return {
             "config": self.config.to_dict(),
             "model_config": self.model.config,
-            "data": {"source": self.config.data.source, "channels": dataset.channels, "image_size": dataset.image_size,
-                     "num_classes": dataset.num_classes, "class_names": list(dataset.class_names or [])},
+            "data": self._data_info(),
             "model": self.model.state_dict(),
             "ema": self.ema.model.state_dict(),
             "ema_num_updates": self.ema.num_updates,
@@ -308,6 +330,12 @@ class Trainer:
             "step": self.step,
             "rng": rng,
         }
+
+    def _data_info(self) -> dict:
+        """What the checkpoint records of the training data (and what a resume must match)."""
+        d = self.dataset
+        return {"source": self.config.data.source, "channels": d.channels, "image_size": d.image_size,
+                "num_classes": d.num_classes, "class_names": list(d.class_names or []), "num_images": len(d)}
 
     def save(self, path: str | Path) -> Path:
         """Write a checkpoint atomically."""
@@ -324,6 +352,12 @@ class Trainer:
         if state["model_config"] != self.model.config:
             raise ValueError(f"checkpoint {path} holds a different model ({state['model_config']}) than this config "
                              f"builds ({self.model.config}); use another --output folder or the matching config")
+        diffusion = self.config.to_dict()["diffusion"]
+        changed = [f"diffusion.{k}" for k, v in diffusion.items() if state["config"]["diffusion"].get(k) != v]
+        changed += [f"data.{k}" for k, v in self._data_info().items() if state["data"].get(k) != v]
+        if changed:
+            raise ValueError(f"checkpoint {path} was trained with other settings for {changed}; resuming would change "
+                             "the objective or the data mid-run: use the checkpoint's config or another --output folder")
         self.model.load_state_dict(state["model"])
         self.ema.model.load_state_dict(state["ema"])
         self.ema.num_updates = state.get("ema_num_updates", state["step"])

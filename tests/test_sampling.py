@@ -17,6 +17,15 @@ def test_timesteps_equal_diffusers(spacing, steps):
     torch.testing.assert_close(inference_timesteps(1000, steps, spacing), ref.timesteps.long())
 
 
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+@pytest.mark.parametrize("T", [10, 100, 1000])
+def test_timesteps_are_k_distinct_descending_values_in_range_for_every_k(spacing, T):
+    for K in range(1, T + 1):
+        steps = inference_timesteps(T, K, spacing)
+        assert len(steps) == K and steps.min() >= 0 and steps.max() <= T - 1, (T, K)
+        assert torch.all(steps[1:] < steps[:-1]), (T, K)
+
+
 def _reference_loop(scheduler, model, noise, generator, **step_kwargs):
     x = noise.clone()
     for t in scheduler.timesteps:

@@ -121,3 +121,41 @@ def test_ema_update_follows_the_warmed_up_decay():
     decay = min(0.999, 2 / 11)  # (1 + n) / (10 + n) with n = 1
     torch.testing.assert_close(params(ema.model), decay * start + (1 - decay) * params(model))
     assert not any(p.requires_grad for p in ema.model.parameters())
+
+
+def test_ctrl_c_finishes_the_step_saves_and_resume_is_exact(tmp_path, digits):
+    import os
+    import signal
+
+    straight = Trainer(tiny_config("training.max_steps=6"), tmp_path / "a", dataset=digits, progress=False)
+    straight.train()
+    interrupted = Trainer(tiny_config("training.max_steps=6"), tmp_path / "b", dataset=digits, progress=False)
+    calls = []
+
+    def press_ctrl_c_during_step_3(module, inputs):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    interrupted.model.register_forward_pre_hook(press_ctrl_c_during_step_3)
+    with pytest.raises(KeyboardInterrupt, match="checkpoint saved"):
+        interrupted.train()
+    assert interrupted.step == 3  # the step in flight completed; nothing half-applied
+    resumed = Trainer(tiny_config("training.max_steps=6"), tmp_path / "b", dataset=digits, resume=True, progress=False)
+    assert resumed.step == 3
+    resumed.train()
+    assert torch.equal(params(resumed.model), params(straight.model))
+
+
+def test_resume_with_another_objective_or_data_is_refused(tmp_path, digits):
+    Trainer(tiny_config("training.max_steps=1"), tmp_path, dataset=digits, progress=False).train()
+    with pytest.raises(ValueError, match=r"diffusion.beta_schedule"):
+        Trainer(tiny_config("diffusion.beta_schedule=cosine"), tmp_path, dataset=digits, resume=True, progress=False)
+    with pytest.raises(ValueError, match=r"data.num_images"):
+        Trainer(tiny_config(), tmp_path, dataset=digits.subset(torch.arange(500)), resume=True, progress=False)
+
+
+def test_val_fraction_holds_out_a_seeded_split(tmp_path, digits):
+    trainer = Trainer(tiny_config("data.val_fraction=0.2"), tmp_path, dataset=digits, progress=False)
+    assert len(trainer.val_dataset) + len(trainer.dataset) == len(digits)
+    assert abs(len(trainer.val_dataset) - 0.2 * len(digits)) <= 10
