@@ -27,6 +27,7 @@ from torch import nn
 
 from .device import randn
 from .diffusion import q_sample
+from .metrics import class_accuracy
 from .schedules import NoiseSchedule, available_schedules
 
 MEASURES = ("correlation", "accuracy", "mean", "std", "ks", "sliced_w2")
@@ -110,20 +111,6 @@ def sliced_w2_to_normal(x: torch.Tensor, num_projections: int = 64, generator: t
 
 
 @torch.no_grad()
-def classifier_accuracy(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 512) -> float:
-    """Share of ``images`` (N, C, H, W) whose argmax logit equals ``labels`` (N,); the classifier is called
-    as ``classifier(x)`` on its own device.
-
-    Unlike :func:`diffusion_lib.metrics.class_accuracy` it accepts values outside [-1, 1], as noisy x_t has.
-    """
-    device = next(classifier.parameters()).device
-    correct = 0
-    for start in range(0, len(images), batch_size):
-        logits = classifier(images[start:start + batch_size].to(device))
-        correct += int((logits.argmax(1).cpu() == labels[start:start + batch_size].cpu()).sum())
-    return correct / len(images)
-
-
 @torch.no_grad()
 def structure_table(schedules: Mapping[str, NoiseSchedule], x0: torch.Tensor, labels: torch.Tensor | None = None,
                     classifier: nn.Module | None = None, timesteps: Sequence[int] | None = None,
@@ -174,7 +161,7 @@ def structure_table(schedules: Mapping[str, NoiseSchedule], x0: torch.Tensor, la
             rows.append({
                 "schedule": name, "t": t, "alpha_bar": float(schedule.alphas_cumprod[t]), "log_snr": float(log_snr[t]),
                 "correlation": correlation(x0, x_t),
-                "accuracy": classifier_accuracy(classifier, x_t, labels) if classifier is not None else float("nan"),
+                "accuracy": class_accuracy(x_t, labels, classifier, check_range=False) if classifier is not None else float("nan"),
                 "mean": float(x_t.mean()), "std": float(x_t.std()),
                 "ks": ks_to_normal(x_t, generator=generator), "sliced_w2": sliced_w2_to_normal(x_t, generator=generator),
             })

@@ -84,12 +84,17 @@ def content_hash(images: torch.Tensor, labels: torch.Tensor | None = None, extra
     return h.hexdigest()[:12]
 
 
-def check_images(images, name: str = "images") -> torch.Tensor:
+def check_images(images, name: str = "images", check_range: bool = True) -> torch.Tensor:
     """Validate a batch of library images and return it (float32, CPU).
+
+    Args:
+        images: float (N, C, H, W) in [-1, 1].
+        name: how error messages call the argument.
+        check_range: require values in [-1, 1]; False accepts any finite values (noisy x_t).
 
     Raises:
         ValueError: not a tensor, not float, not (N, C, H, W) with C in {1, 3} and H, W >= 8,
-            empty, non-finite, or values outside [-1, 1] (beyond a 1e-3 tolerance).
+            empty, non-finite, or (with ``check_range``) values outside [-1, 1] beyond a 1e-3 tolerance.
     """
     if not isinstance(images, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor (N, C, H, W) in [-1, 1]; got {type(images).__name__}")
@@ -103,7 +108,7 @@ def check_images(images, name: str = "images") -> torch.Tensor:
     if not torch.isfinite(images).all():
         raise ValueError(f"{name} contains NaN or inf")
     lo, hi = images.min().item(), images.max().item()
-    if lo < -1 - _RANGE_TOLERANCE or hi > 1 + _RANGE_TOLERANCE:
+    if check_range and lo < -1 - _RANGE_TOLERANCE or hi > 1 + _RANGE_TOLERANCE:
         raise ValueError(f"{name} must lie in [-1, 1]; got values in [{lo:.3g}, {hi:.3g}] "
                          "(clamp samples, or convert [0, 1] images with x * 2 - 1)")
     return images
@@ -449,7 +454,8 @@ def diversity(images: torch.Tensor, device: str | torch.device = "cpu", chunk: i
 
 
 @torch.no_grad()
-def class_accuracy(images: torch.Tensor, labels: torch.Tensor, classifier: nn.Module, batch_size: int = 256) -> float:
+def class_accuracy(images: torch.Tensor, labels: torch.Tensor, classifier: nn.Module, batch_size: int = 256,
+                   check_range: bool = True) -> float:
     """Share of images the classifier assigns to their intended label (argmax of logits).
 
     Args:
@@ -458,6 +464,7 @@ def class_accuracy(images: torch.Tensor, labels: torch.Tensor, classifier: nn.Mo
         classifier: a module mapping images to logits (N, K) (run on its own device, in eval
             mode; a time-conditional Classifier is given t = 0).
         batch_size: images per forward pass.
+        check_range: require images in [-1, 1]; False for noisy x_t (e.g. how long a schedule keeps data recognisable).
 
     Returns:
         accuracy in [0, 1].
@@ -465,7 +472,7 @@ def class_accuracy(images: torch.Tensor, labels: torch.Tensor, classifier: nn.Mo
     Raises:
         ValueError: bad images, or labels of the wrong shape.
     """
-    images = check_images(images)
+    images = check_images(images, check_range=check_range)
     labels = torch.as_tensor(labels).long().cpu()
     if labels.shape != (images.shape[0],):
         raise ValueError(f"labels must have shape ({images.shape[0]},); got {tuple(labels.shape)}")
