@@ -159,3 +159,14 @@ def test_val_fraction_holds_out_a_seeded_split(tmp_path, digits):
     trainer = Trainer(tiny_config("data.val_fraction=0.2"), tmp_path, dataset=digits, progress=False)
     assert len(trainer.val_dataset) + len(trainer.dataset) == len(digits)
     assert abs(len(trainer.val_dataset) - 0.2 * len(digits)) <= 10
+
+
+def test_atomic_writes_have_the_usual_permissions(tmp_path):
+    import os
+
+    from diffusion_lib.atomic import atomic_write_text
+
+    path = atomic_write_text(tmp_path / "a.txt", "hello")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.read_text() == "hello" and (path.stat().st_mode & 0o777) == (0o666 & ~umask)
