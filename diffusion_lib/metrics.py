@@ -108,7 +108,7 @@ def check_images(images, name: str = "images", check_range: bool = True) -> torc
     if not torch.isfinite(images).all():
         raise ValueError(f"{name} contains NaN or inf")
     lo, hi = images.min().item(), images.max().item()
-    if check_range and lo < -1 - _RANGE_TOLERANCE or hi > 1 + _RANGE_TOLERANCE:
+    if check_range and (lo < -1 - _RANGE_TOLERANCE or hi > 1 + _RANGE_TOLERANCE):
         raise ValueError(f"{name} must lie in [-1, 1]; got values in [{lo:.3g}, {hi:.3g}] "
                          "(clamp samples, or convert [0, 1] images with x * 2 - 1)")
     return images

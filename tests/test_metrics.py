@@ -221,3 +221,10 @@ def test_domain_extractor_is_independent_of_the_global_rng(digits, tmp_path, off
     assert a.name == b.name
     for p, q in zip(a.classifier.parameters(), b.classifier.parameters()):
         assert torch.equal(p, q)
+
+
+def test_check_range_false_accepts_noisy_images_either_side():
+    for noisy in (torch.full((2, 1, 8, 8), 1.5), torch.full((2, 1, 8, 8), -1.5)):
+        assert torch.equal(metrics.check_images(noisy, check_range=False), noisy)
+        with pytest.raises(ValueError, match=r"must lie in \[-1, 1\]"):
+            metrics.check_images(noisy)
