@@ -153,3 +153,10 @@ def test_image_dataset_validates_its_inputs():
         ImageDataset(ok, torch.tensor([0]))
     sub = ImageDataset(ok, torch.tensor([1, 0]), ["a", "b"]).subset(torch.tensor([1]))
     assert len(sub) == 1 and sub.labels.tolist() == [0] and sub.class_names == ["a", "b"]
+
+
+def test_unknown_source_options_are_rejected_by_name():
+    with pytest.raises(ValueError, match=r"data source 'cifar10' does not take \['spilt'\]; accepted options: .*'split'"):
+        load_dataset("cifar10", image_size=32, spilt="all")
+    with pytest.raises(ValueError, match=r"does not take \['root'\]"):
+        load_dataset("digits", image_size=16, root="datasets")

@@ -13,6 +13,7 @@ sources (``celeba``, ``flowers102``, ...) live in ``torchvision_sources.py``.
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -95,6 +96,7 @@ def load_dataset(name: str, image_size: int | None = None, *, cache_dir=None, **
     Raises:
         ValueError: for an unknown ``name`` (the message lists the available ones), a bad
             ``image_size`` or bad source arguments.
+        ValueError: an unknown source name, a bad size, or an option the source does not take.
         RuntimeError: when a downloadable source is neither on disk nor downloadable
             (the message says what to do).
     """
@@ -102,6 +104,12 @@ def load_dataset(name: str, image_size: int | None = None, *, cache_dir=None, **
         raise ValueError(f"unknown dataset source {name!r}; available: {', '.join(available_sources())}")
     _check_size(image_size, "image_size")
     source = _SOURCES[name]
+    parameters = inspect.signature(source.loader).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        unknown = sorted(set(kwargs) - set(parameters))
+        if unknown:
+            accepted = [k for k in parameters if k != "image_size"]
+            raise ValueError(f"data source {name!r} does not take {unknown}; accepted options: {accepted}")
     path = None
     if cache_dir is not None:
         fp = (source.fingerprint or _default_fingerprint)(**kwargs)

@@ -270,7 +270,7 @@ def _check_split(split, allowed):
 
 
 @register_source("mnist", fingerprint=_shallow_fingerprint("mnist"))
-def mnist(image_size=None, root=None, split="train", download=True, limit=None, seed=0, **_):
+def mnist(image_size=None, root=None, split="train", download=True, limit=None, seed=0):
     """MNIST (torchvision): 60,000 train / 10,000 test digits 28x28, 1 channel, labels 0-9.
 
     Args:
@@ -293,7 +293,7 @@ def mnist(image_size=None, root=None, split="train", download=True, limit=None, 
 
 
 @register_source("fashion_mnist", fingerprint=_shallow_fingerprint("fashion_mnist"))
-def fashion_mnist(image_size=None, root=None, split="train", download=True, limit=None, seed=0, **_):
+def fashion_mnist(image_size=None, root=None, split="train", download=True, limit=None, seed=0):
     """Fashion-MNIST (torchvision): 60,000 / 10,000 images 28x28, 1 channel, 10 classes.
 
     Args and errors as :func:`mnist`.
@@ -307,7 +307,7 @@ def fashion_mnist(image_size=None, root=None, split="train", download=True, limi
 
 
 @register_source("cifar10", fingerprint=_shallow_fingerprint("cifar10"))
-def cifar10(image_size=None, root=None, split="train", download=True, limit=None, seed=0, **_):
+def cifar10(image_size=None, root=None, split="train", download=True, limit=None, seed=0):
     """CIFAR-10 (torchvision): 50,000 / 10,000 colour images 32x32, 10 classes.
 
     Args and errors as :func:`mnist` (``image_size=None`` keeps 32).
@@ -322,7 +322,7 @@ def cifar10(image_size=None, root=None, split="train", download=True, limit=None
 
 @register_source("flowers102", fingerprint=_shallow_fingerprint("flowers102"))
 def flowers102(image_size=None, root=None, split="train", download=True, limit=None, seed=0, crop="center",
-               min_size=32, progress=True, **_):
+               min_size=32, progress=True):
     """Oxford Flowers102 (torchvision): photographs of varied sizes, 102 classes.
 
     The official splits are small for training a generator (1,020 train, 1,020 val,
@@ -356,7 +356,7 @@ def flowers102(image_size=None, root=None, split="train", download=True, limit=N
 
 @register_source("stanford_cars", fingerprint=_shallow_fingerprint("stanford_cars"))
 def stanford_cars(image_size=None, root=None, split="train", download=True, limit=None, seed=0, crop="center",
-                  min_size=32, progress=True, **_):
+                  min_size=32, progress=True):
     """Stanford Cars (torchvision, manual download only): 8,144 train / 8,041 test, 196 classes.
 
     Args: as :func:`flowers102`; split "train" or "test". ``download`` is accepted for
@@ -423,7 +423,7 @@ def _celeba_files(root: Path, split: str, download: bool):
 
 @register_source("celeba", fingerprint=_shallow_fingerprint("celeba"))
 def celeba(image_size=None, root=None, split="train", download=True, limit=None, seed=0, crop="celeba",
-           attribute=None, min_size=32, progress=True, **_):
+           attribute=None, min_size=32, progress=True):
     """CelebA aligned faces (torchvision), face-cropped and resized.
 
     Args:
