@@ -28,10 +28,41 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _diffusion_samples(loaded, args: argparse.Namespace, labels: torch.Tensor | None,
+                       device: torch.device) -> tuple[torch.Tensor, dict]:
+    """Sample a diffusion checkpoint in batches: the command's options, else the checkpoint config's.
+
+    Returns:
+        (images float32 (N, C, H, W) in [-1, 1] on the CPU, the settings used: sampler,
+        num_inference_steps, guidance_scale, eta).
+    """
+    from .sampling import sample
+
+    s, d = loaded.config.sampling, loaded.data
+    sampler = args.sampler or s.sampler
+    guidance = args.guidance_scale if args.guidance_scale is not None else (s.guidance_scale if labels is not None else 1.0)
+    steps = args.num_inference_steps or (s.num_inference_steps if sampler == "ddim" else None)
+    extra = ({"eta": s.eta if args.eta is None else args.eta} if sampler == "ddim"
+             else {"variance_type": getattr(args, "variance_type", "fixed_small")})
+    clip = s.clip_sample and not getattr(args, "no_clip", False)
+    generator = torch.Generator().manual_seed(args.seed)  # CPU noise: the same samples on every device
+    n, batch = args.num_samples, args.batch_size
+    images = []
+    for start in range(0, n, batch):
+        y = labels[start:start + batch].to(device) if labels is not None else None
+        shape = (min(batch, n - start), d["channels"], d["image_size"], d["image_size"])
+        images.append(sample(loaded.model, loaded.schedule, sampler, shape=shape, y=y, guidance_scale=guidance,
+                             num_inference_steps=steps, prediction_type=loaded.config.diffusion.prediction_type,
+                             clip_sample=clip, generator=generator, progress=not args.no_progress, **extra).images.cpu())
+    settings = dict(sampler=sampler, num_inference_steps=steps or loaded.schedule.num_train_timesteps,
+                    guidance_scale=guidance, eta=extra.get("eta"))
+    return torch.cat(images), settings
+
+
 def _sample(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
     from .device import resolve_device
-    from .sampling import cycle_labels, sample
+    from .sampling import cycle_labels
     from .viz import by_class, save_grid, save_npz
 
     out = Path(args.out)
@@ -52,24 +83,7 @@ def _sample(args: argparse.Namespace) -> int:
         labels = cycle_labels(args.num_samples, num_classes) if num_classes else None
     if labels is None and args.guidance_scale not in (None, 0.0, 1.0):
         raise ValueError(f"--guidance-scale {args.guidance_scale} needs a class-conditional model")
-    s = loaded.config.sampling
-    guidance = args.guidance_scale if args.guidance_scale is not None else (s.guidance_scale if labels is not None else 1.0)
-    sampler = args.sampler or s.sampler
-    d = loaded.data
-    generator = torch.Generator().manual_seed(args.seed)
-    extra = {"eta": s.eta if args.eta is None else args.eta} if sampler == "ddim" else {"variance_type": args.variance_type}
-    steps = args.num_inference_steps or (s.num_inference_steps if sampler == "ddim" else None)
-    images = []
-    for start in range(0, args.num_samples, args.batch_size):
-        y = labels[start:start + args.batch_size].to(device) if labels is not None else None
-        n = min(args.batch_size, args.num_samples - start)
-        result = sample(loaded.model, loaded.schedule, sampler, shape=(n, d["channels"], d["image_size"], d["image_size"]),
-                        y=y, guidance_scale=guidance, num_inference_steps=steps, generator=generator,
-                        prediction_type=loaded.config.diffusion.prediction_type,
-                        clip_sample=s.clip_sample and not args.no_clip,
-                        progress=not args.no_progress, **extra)
-        images.append(result.images.cpu())
-    images = torch.cat(images)
+    images, used = _diffusion_samples(loaded, args, labels, device)
     if out.suffix == ".npz":
         save_npz(images, out, labels)
     elif labels is not None:
@@ -77,8 +91,8 @@ def _sample(args: argparse.Namespace) -> int:
         save_grid(ordered, out, nrow=per_row)
     else:
         save_grid(images, out, nrow=max(1, int(len(images) ** 0.5)))
-    print(f"wrote {len(images)} samples ({sampler}, steps={steps or loaded.schedule.num_train_timesteps}, "
-          f"guidance_scale={guidance}) to {out}")
+    print(f"wrote {len(images)} samples ({used['sampler']}, steps={used['num_inference_steps']}, "
+          f"guidance_scale={used['guidance_scale']}) to {out}")
     return 0
 
 
@@ -93,7 +107,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .data import load_dataset
     from .device import resolve_device
     from .metrics import evaluate_samples
-    from .sampling import cycle_labels, sample
+    from .sampling import cycle_labels
 
     n, batch_size = args.num_samples, args.batch_size
     if n < 2:
@@ -106,7 +120,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     loaded = load_model(args.checkpoint, device=device)
     config, d = loaded.config, loaded.data
-    generator = torch.Generator().manual_seed(args.seed)  # CPU noise: the same samples on every device
     report = {"checkpoint": str(args.checkpoint), "model": config.model.kind, "step": loaded.step, "seed": args.seed}
     start = time.perf_counter()
     labels = None
@@ -115,31 +128,18 @@ def _evaluate(args: argparse.Namespace) -> int:
         if given:
             raise ValueError(f"--{given[0].replace('_', '-')} applies to diffusion checkpoints; {args.checkpoint} "
                              f"holds a {config.model.kind} model (it samples from its prior)")
+        generator = torch.Generator().manual_seed(args.seed)
         images = torch.cat([loaded.model.sample(min(batch_size, n - i), generator=generator).cpu()
                             for i in range(0, n, batch_size)])
     else:
-        s = config.sampling
-        sampler = args.sampler or s.sampler
-        if args.eta is not None and sampler != "ddim":
-            raise ValueError(f"--eta applies to the DDIM sampler only; got --sampler {sampler}")
+        if args.eta is not None and (args.sampler or config.sampling.sampler) != "ddim":
+            raise ValueError(f"--eta applies to the DDIM sampler only; got --sampler {args.sampler or config.sampling.sampler}")
         conditional = getattr(loaded.model, "null_label", None) is not None
         if not conditional and args.guidance_scale not in (None, 0.0, 1.0):
             raise ValueError(f"--guidance-scale {args.guidance_scale} needs a class-conditional model")
         labels = cycle_labels(n, d["num_classes"]) if conditional else None
-        guidance = args.guidance_scale if args.guidance_scale is not None else (s.guidance_scale if conditional else 1.0)
-        steps = args.num_inference_steps or (s.num_inference_steps if sampler == "ddim" else None)
-        extra = {"eta": s.eta if args.eta is None else args.eta} if sampler == "ddim" else {}
-        batches = []
-        for i in range(0, n, batch_size):
-            y = labels[i:i + batch_size].to(device) if labels is not None else None
-            shape = (min(batch_size, n - i), d["channels"], d["image_size"], d["image_size"])
-            batches.append(sample(loaded.model, loaded.schedule, sampler, shape=shape, y=y, guidance_scale=guidance,
-                                  num_inference_steps=steps, prediction_type=config.diffusion.prediction_type,
-                                  clip_sample=s.clip_sample, generator=generator, progress=not args.no_progress,
-                                  **extra).images.cpu())
-        images = torch.cat(batches)
-        report.update(sampler=sampler, num_inference_steps=steps or loaded.schedule.num_train_timesteps,
-                      guidance_scale=guidance if conditional else None, eta=extra.get("eta"))
+        images, used = _diffusion_samples(loaded, args, labels, device)
+        report.update(used, guidance_scale=used["guidance_scale"] if conditional else None)
     report["sampling_seconds"] = round(time.perf_counter() - start, 3)
     real = load_dataset(d["source"], image_size=d["image_size"], **config.data.options)
     with warnings.catch_warnings():  # the small-sample FID warning is also a note, printed below
