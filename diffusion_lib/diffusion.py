@@ -69,34 +69,56 @@ def q_posterior(schedule: NoiseSchedule, x0: torch.Tensor, x_t: torch.Tensor, t:
                      broadcast(schedule.posterior_log_variance_clipped, t, x_t))
 
 
-def predict_x0_from_eps(schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)  (eq. 4 solved for x_0; Ho et al. 2020, eq. 15)."""
-    return (x_t - broadcast(schedule.sqrt_one_minus_alphas_cumprod, t, x_t) * eps) / broadcast(schedule.sqrt_alphas_cumprod, t, x_t)
-
-
-def predict_eps_from_x0(schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-    """eps = (x_t - sqrt(alpha_bar_t) x_0) / sqrt(1 - alpha_bar_t)  (eq. 4 solved for eps)."""
-    return (x_t - broadcast(schedule.sqrt_alphas_cumprod, t, x_t) * x0) / broadcast(schedule.sqrt_one_minus_alphas_cumprod, t, x_t)
-
-
-def v_target(schedule: NoiseSchedule, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Velocity v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0  (Salimans & Ho 2022, sec. 4)."""
-    return broadcast(schedule.sqrt_alphas_cumprod, t, x0) * noise - broadcast(schedule.sqrt_one_minus_alphas_cumprod, t, x0) * x0
-
-
-def to_x0_and_eps(schedule: NoiseSchedule, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
-                  prediction_type: str = "epsilon") -> tuple[torch.Tensor, torch.Tensor]:
-    """Convert a model output of any ``prediction_type`` to the pair (predicted x_0, predicted eps).
-
-    - "epsilon": the output is eps (Ho et al. 2020).
-    - "v_prediction": x_0 = sqrt(abar) x_t - sqrt(1-abar) v, eps = sqrt(1-abar) x_t + sqrt(abar) v (Salimans & Ho 2022, eq. 11).
-    - "sample": the output is x_0.
+def x0_from_eps(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor | float) -> torch.Tensor:
+    """x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)  (eq. 4 solved for x_0; Ho et al. 2020, eq. 15).
 
     Args:
-        schedule: the noise schedule.
+        x_t: (B, C, H, W) noisy images.
+        eps: (B, C, H, W) the noise (true or predicted).
+        alpha_bar: alpha_bar_t in (0, 1], a float or a tensor broadcastable to ``x_t`` (e.g. (B, 1, 1, 1));
+            any value, also one interpolated at a fractional timestep.
+
+    Returns:
+        x_0, shaped like ``x_t``.
+    """
+    alpha_bar = torch.as_tensor(alpha_bar, dtype=x_t.dtype, device=x_t.device)
+    return (x_t - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
+
+
+def eps_from_x0(x_t: torch.Tensor, x0: torch.Tensor, alpha_bar: torch.Tensor | float) -> torch.Tensor:
+    """eps = (x_t - sqrt(alpha_bar_t) x_0) / sqrt(1 - alpha_bar_t)  (eq. 4 solved for eps).
+
+    Args and shapes as :func:`x0_from_eps`; ``alpha_bar`` must be < 1.
+    """
+    alpha_bar = torch.as_tensor(alpha_bar, dtype=x_t.dtype, device=x_t.device)
+    return (x_t - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt()
+
+
+def v_from_x0_eps(x0: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor | float) -> torch.Tensor:
+    """Velocity v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0  (Salimans & Ho 2022, sec. 4).
+
+    Args and shapes as :func:`x0_from_eps`.
+    """
+    alpha_bar = torch.as_tensor(alpha_bar, dtype=x0.dtype, device=x0.device)
+    return alpha_bar.sqrt() * eps - (1 - alpha_bar).sqrt() * x0
+
+
+def prediction_to_x0_eps(model_output: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor | float,
+                         prediction_type: str = "epsilon") -> tuple[torch.Tensor, torch.Tensor]:
+    """Convert a model output of any ``prediction_type`` to (predicted x_0, predicted eps), given alpha_bar_t.
+
+    - "epsilon": the output is eps (Ho et al. 2020); x_0 by eq. 15.
+    - "v_prediction": x_0 = sqrt(abar) x_t - sqrt(1-abar) v, eps = sqrt(1-abar) x_t + sqrt(abar) v
+      (Salimans & Ho 2022, eq. 11 and appendix D).
+    - "sample": the output is x_0; eps by eq. 4 solved for eps.
+
+    This is the one home of the conversion: :func:`to_x0_and_eps` (integer timesteps of a schedule) and
+    the diffusers adapter (fractional timesteps) both call it.
+
+    Args:
         model_output: (B, C, H, W) network output.
         x_t: (B, C, H, W) the network's input.
-        t: int64 (B,) timesteps.
+        alpha_bar: alpha_bar_t, a float or a tensor broadcastable to ``x_t``.
         prediction_type: one of :data:`PREDICTION_TYPES`.
 
     Returns:
@@ -107,11 +129,42 @@ def to_x0_and_eps(schedule: NoiseSchedule, model_output: torch.Tensor, x_t: torc
     """
     check_prediction_type(prediction_type)
     if prediction_type == "epsilon":
-        return predict_x0_from_eps(schedule, x_t, t, model_output), model_output
+        return x0_from_eps(x_t, model_output, alpha_bar), model_output
     if prediction_type == "sample":
-        return model_output, predict_eps_from_x0(schedule, x_t, t, model_output)
-    a, b = broadcast(schedule.sqrt_alphas_cumprod, t, x_t), broadcast(schedule.sqrt_one_minus_alphas_cumprod, t, x_t)
+        return model_output, eps_from_x0(x_t, model_output, alpha_bar)
+    alpha_bar = torch.as_tensor(alpha_bar, dtype=x_t.dtype, device=x_t.device)
+    a, b = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
     return a * x_t - b * model_output, b * x_t + a * model_output
+
+
+def alpha_bar_at(schedule: NoiseSchedule, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """alpha_bar_t of the schedule for int64 timesteps ``t`` (B,), shaped (B, 1, 1, 1) to broadcast against ``x``."""
+    return broadcast(schedule.alphas_cumprod, t, x)
+
+
+def predict_x0_from_eps(schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """:func:`x0_from_eps` at the schedule's alpha_bar_t for int64 timesteps ``t`` (B,)."""
+    return x0_from_eps(x_t, eps, alpha_bar_at(schedule, t, x_t))
+
+
+def predict_eps_from_x0(schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    """:func:`eps_from_x0` at the schedule's alpha_bar_t for int64 timesteps ``t`` (B,)."""
+    return eps_from_x0(x_t, x0, alpha_bar_at(schedule, t, x_t))
+
+
+def v_target(schedule: NoiseSchedule, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """:func:`v_from_x0_eps` at the schedule's alpha_bar_t: the v-prediction regression target."""
+    return v_from_x0_eps(x0, noise, alpha_bar_at(schedule, t, x0))
+
+
+def to_x0_and_eps(schedule: NoiseSchedule, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+                  prediction_type: str = "epsilon") -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`prediction_to_x0_eps` at the schedule's alpha_bar_t for int64 timesteps ``t`` (B,).
+
+    Raises:
+        ValueError: unknown ``prediction_type``.
+    """
+    return prediction_to_x0_eps(model_output, x_t, alpha_bar_at(schedule, t, x_t), prediction_type)
 
 
 @dataclass
