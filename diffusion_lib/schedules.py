@@ -152,6 +152,17 @@ def jsd(num_train_timesteps: int, max_beta: float = 0.999) -> np.ndarray:
     return np.minimum(1.0 / np.linspace(num_train_timesteps, 1, num_train_timesteps, dtype=np.float64), max_beta)
 
 
+def all_schedules(num_train_timesteps: int = 1000) -> dict[str, "NoiseSchedule"]:
+    """One :class:`NoiseSchedule` per registered schedule (default arguments), keyed by name, sorted.
+
+    The table that schedule comparisons (plots, forward-process measurements) all read.
+
+    Raises:
+        ValueError: bad ``num_train_timesteps``, or a registered schedule that returns bad betas.
+    """
+    return {name: NoiseSchedule(name, num_train_timesteps) for name in available_schedules()}
+
+
 def broadcast(values: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Gather ``values[t]`` and shape it to broadcast against ``x``.
 

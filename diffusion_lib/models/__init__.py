@@ -10,6 +10,18 @@ from .unet import ConditionalUNet, UNet, build_unet
 from .vae import VAE, VAELoss, VAEOutput
 
 
+def is_conditional(model: nn.Module) -> bool:
+    """True when ``model`` is class-conditional with a null label for classifier-free guidance.
+
+    The contract (house plan): such a model has an int attribute ``null_label`` (= ``num_classes``, the
+    "no label" index) and ``num_classes``. Everything that asks "does this model take labels?" calls this.
+    Wrappers (DDP, torch.compile) are looked through via ``.module`` / ``._orig_mod``.
+    """
+    model = getattr(model, "_orig_mod", model)
+    model = getattr(model, "module", model)
+    return isinstance(getattr(model, "null_label", None), int)
+
+
 def build_model(kind: str, config: dict) -> nn.Module:
     """Rebuild a network from its kind ("unet" or "vae") and constructor arguments (``model.config``).
 
@@ -23,5 +35,5 @@ def build_model(kind: str, config: dict) -> nn.Module:
     raise ValueError(f"unknown model kind {kind!r}; accepted: ['unet', 'vae']")
 
 
-__all__ = ["UNet", "ConditionalUNet", "build_unet", "build_model", "VAE", "VAEOutput", "VAELoss", "Classifier",
+__all__ = ["is_conditional", "UNet", "ConditionalUNet", "build_unet", "build_model", "VAE", "VAEOutput", "VAELoss", "Classifier",
            "train_classifier", "save_classifier", "load_classifier"]
