@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .device import randn
+from .models import is_conditional
 from .schedules import NoiseSchedule, broadcast
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -167,6 +168,74 @@ def to_x0_and_eps(schedule: NoiseSchedule, model_output: torch.Tensor, x_t: torc
     return prediction_to_x0_eps(model_output, x_t, alpha_bar_at(schedule, t, x_t), prediction_type)
 
 
+def sample_timesteps(schedule: NoiseSchedule, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Uniform training timesteps t ~ U{0, ..., T-1}  (Ho et al. 2020, Algorithm 1 line 3, whose 1..T these index).
+
+    One per image of ``like``, drawn on the generator's device (so a seed gives the same t on every device),
+    then moved to ``like``'s device.
+
+    Args:
+        schedule: the noise schedule (gives T).
+        like: the batch (B, ...) the timesteps are for, e.g. x_0.
+        generator: random source, or None for the global RNG.
+
+    Returns:
+        int64 (B,) in [0, T-1], on ``like``'s device.
+    """
+    source = generator.device if generator is not None else like.device
+    t = torch.randint(0, schedule.num_train_timesteps, (like.shape[0],), generator=generator, device=source)
+    return t.to(like.device)
+
+
+def drop_labels(y: torch.Tensor | None, model: nn.Module, p_uncond: float,
+                generator: torch.Generator | None) -> torch.Tensor | None:
+    """Replace each label by the model's null label with probability ``p_uncond``  (Ho & Salimans 2022, Alg. 1 line 3).
+
+    So one network learns both p(x | y) and p(x), as classifier-free guidance needs. Draws random numbers
+    (on the generator's device) only when there is something to drop: ``y`` given and ``p_uncond`` > 0.
+
+    Args:
+        y: int64 (B,) labels, or None (returned unchanged).
+        model: a class-conditional model (:func:`~diffusion_lib.models.is_conditional`) when ``p_uncond`` > 0.
+        p_uncond: dropout probability in [0, 1] (validated by :func:`training_loss`).
+        generator: random source, or None for the global RNG.
+
+    Returns:
+        int64 (B,) labels with some set to ``model.null_label``, or ``y`` itself.
+    """
+    if y is None or p_uncond == 0:
+        return y
+    source = generator.device if generator is not None else y.device
+    drop = torch.rand(y.shape[0], generator=generator, device=source).to(y.device) < p_uncond
+    return torch.where(drop, torch.full_like(y, model.null_label), y)
+
+
+def regression_target(schedule: NoiseSchedule, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                      prediction_type: str) -> torch.Tensor:
+    """What the network regresses on, by ``prediction_type``: eps (Ho et al. 2020, Algorithm 1 line 5),
+    v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (Salimans & Ho 2022, sec. 4), or x_0 itself ("sample").
+
+    Only the chosen target is computed.
+
+    Args:
+        schedule: the noise schedule.
+        x0: (B, C, H, W) clean images. noise: (B, C, H, W) the eps that made x_t. t: int64 (B,).
+        prediction_type: one of :data:`PREDICTION_TYPES`.
+
+    Returns:
+        (B, C, H, W) target, shaped like ``x0``.
+
+    Raises:
+        ValueError: unknown ``prediction_type``.
+    """
+    check_prediction_type(prediction_type)
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "sample":
+        return x0
+    return v_target(schedule, x0, noise, t)
+
+
 @dataclass
 class TrainingLossOutput:
     """What one training step computed: ``loss`` (scalar), and the batch's ``t``, ``noise``, ``x_t``, ``model_output``, ``target``."""
@@ -186,6 +255,7 @@ def training_loss(model: nn.Module, schedule: NoiseSchedule, x0: torch.Tensor, y
 
     With ``p_uncond`` > 0 each label is replaced by the model's null label with that probability,
     so one network learns both p(x | y) and p(x) (Ho & Salimans 2022, Algorithm 1).
+    Random draws, in this order: t, eps, then the dropout mask (only when labels are dropped).
 
     Args:
         model: ``model(x_t, t, y) -> prediction`` of the same shape as ``x_t``.
@@ -193,7 +263,8 @@ def training_loss(model: nn.Module, schedule: NoiseSchedule, x0: torch.Tensor, y
         x0: clean images (B, C, H, W), float32 in [-1, 1].
         y: int64 class labels (B,) in [0, num_classes-1], or None for an unconditional model.
         prediction_type: "epsilon" (target eps) or "v_prediction" (target v) or "sample" (target x_0).
-        p_uncond: label-dropout probability in [0, 1]; needs a model with a ``null_label`` attribute.
+        p_uncond: label-dropout probability in [0, 1]; needs a class-conditional model
+            (:func:`~diffusion_lib.models.is_conditional`).
         generator: random source for t, eps and the dropout mask (same seed, same loss).
 
     Returns:
@@ -205,23 +276,15 @@ def training_loss(model: nn.Module, schedule: NoiseSchedule, x0: torch.Tensor, y
     check_prediction_type(prediction_type)
     if not 0.0 <= p_uncond <= 1.0:
         raise ValueError(f"p_uncond must be in [0, 1]; got {p_uncond}")
-    null_label = getattr(model, "null_label", None)
-    if y is not None and p_uncond > 0 and null_label is None:
+    if y is not None and p_uncond > 0 and not is_conditional(model):
         raise ValueError("p_uncond > 0 needs a conditional model with a null label (ConditionalUNet)")
-    batch, T = x0.shape[0], schedule.num_train_timesteps
     # Start
-    t = torch.randint(0, T, (batch,), generator=generator, device=_device_of(generator, x0)).to(x0.device)  # Alg. 1 line 3: t ~ U{1..T}
-    noise = randn(x0.shape, generator, x0.device)  # line 4: eps ~ N(0, I)
-    x_t = q_sample(schedule, x0, t, noise)  # sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps  (eq. 4)
-    if y is not None and p_uncond > 0:
-        drop = torch.rand(batch, generator=generator, device=_device_of(generator, x0)).to(x0.device) < p_uncond  # CFG: drop labels
-        y = torch.where(drop, torch.full_like(y, null_label), y)  # null label = "no class"
-    model_output = model(x_t, t, y)  # eps_theta(x_t, t, y)
-    target = {"epsilon": noise, "v_prediction": v_target(schedule, x0, noise, t), "sample": x0}[prediction_type]
-    loss = F.mse_loss(model_output.float(), target.float())  # line 5: || eps - eps_theta ||^2
+    t = sample_timesteps(schedule, x0, generator)  # Alg. 1 line 3: t ~ U{1..T}, here 0..T-1
+    noise = randn(x0.shape, generator, x0.device)  # Alg. 1 line 4: eps ~ N(0, I)
+    x_t = q_sample(schedule, x0, t, noise)  # eq. 4: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps
+    y = drop_labels(y, model, p_uncond, generator)  # Ho & Salimans 2022 Alg. 1 line 3: drop labels
+    model_output = model(x_t, t, y)  # Alg. 1 line 5: the network's prediction (eps, v or x_0)
+    target = regression_target(schedule, x0, noise, t, prediction_type)  # eps in Alg. 1; v or x_0
+    loss = F.mse_loss(model_output.float(), target.float())  # Alg. 1 line 5: ||target - output||^2
     # End
     return TrainingLossOutput(loss, t, noise, x_t, model_output, target)
-
-
-def _device_of(generator: torch.Generator | None, x: torch.Tensor) -> torch.device:
-    return generator.device if generator is not None else x.device

@@ -1,125 +1,164 @@
-"""Guidance experiments: sweep the guidance strength, score the samples, compare methods.
+"""The guidance rules: classifier-free guidance and classifier guidance, and the check of their inputs.
 
-The guidance itself lives in :mod:`diffusion_lib.sampling` (classifier-free guidance, Ho & Salimans
-2022, and classifier guidance, Dhariwal & Nichol 2021). Here one call samples the same labels from
-the same starting noise at every scale and measures what guidance trades:
+Classifier-free guidance (Ho & Salimans 2022) mixes one network's conditional and unconditional
+outputs. The scale ``w`` follows diffusers::
 
-- ``class_accuracy``: share of samples a judge classifier (trained on real, clean images) assigns to
-  the class they were generated for (:func:`diffusion_lib.metrics.class_accuracy`);
-- ``diversity``: mean pairwise distance of all samples (:func:`diffusion_lib.metrics.diversity`);
-- ``within_class_diversity``: the same inside each class, averaged over classes. Guidance lowers it
-  first: samples of one class become alike.
+    out = out_uncond + w * (out_cond - out_uncond)
+
+so w = 0 is unconditional, w = 1 conditional and w > 1 guided. Ho & Salimans (2022, eq. 6) write
+the same rule as (1 + w') out_cond - w' out_uncond: their w' = our w - 1.
+
+Classifier guidance (Dhariwal & Nichol 2021, eq. 14) shifts the predicted noise against the
+gradient of a noise-conditioned classifier: eps^ = eps - s sqrt(1 - alpha_bar_t) grad log p(y | x_t).
+
+The samplers in :mod:`diffusion_lib.sampling` apply these rules step by step; the experiments that
+sweep the scales live in :mod:`diffusion_lib.experiments.guidance_sweep`.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
-from typing import Sequence
-
-import pandas as pd
 import torch
 from torch import nn
 
-from .metrics import class_accuracy, diversity
-from .sampling import sample
-
-METHODS = ("classifier-free", "classifier")
+from .models import is_conditional
 
 
-@dataclass
-class SweepResult:
-    """``table``: one row per scale (columns method, scale, class_accuracy, diversity, within_class_diversity,
-    seconds); ``samples``: scale -> images (N, C, H, W) in [-1, 1] on the CPU; ``labels``: int64 (N,), the same
-    for every scale."""
+def classifier_free_guidance(out_uncond: torch.Tensor, out_cond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    """The classifier-free mix out_uncond + w (out_cond - out_uncond)  (Ho & Salimans 2022, eq. 6, with w = w' + 1).
 
-    table: pd.DataFrame
-    samples: dict[float, torch.Tensor]
-    labels: torch.Tensor
-
-
-def within_class_diversity(images: torch.Tensor, labels: torch.Tensor) -> float:
-    """Mean over classes of :func:`~diffusion_lib.metrics.diversity` of that class's images.
+    Guiding eps or v is the same thing: both are affine in the network output for a fixed x_t.
 
     Args:
-        images: float (N, C, H, W) in [-1, 1].
-        labels: int (N,); classes with fewer than 2 images are skipped.
+        out_uncond: (B, C, H, W) network output with the null label.
+        out_cond: (B, C, H, W) network output with the class labels.
+        guidance_scale: w >= 0 in diffusers' convention (0 unconditional, 1 conditional, > 1 guided).
 
     Returns:
-        The mean diversity, in [0, 2].
-
-    Raises:
-        ValueError: no class has 2 images.
+        (B, C, H, W) guided output, in the inputs' dtype.
     """
-    labels = torch.as_tensor(labels).cpu()
-    scores = [diversity(images[labels == c]) for c in labels.unique().tolist() if int((labels == c).sum()) >= 2]
-    if not scores:
-        raise ValueError("within-class diversity needs at least one class with 2 or more images")
-    return sum(scores) / len(scores)
+    return out_uncond + guidance_scale * (out_cond - out_uncond)
 
 
-@torch.no_grad()
-def guidance_sweep(model: nn.Module, schedule: nn.Module, judge: nn.Module, scales: Sequence[float], *,
-                   image_shape: Sequence[int], classes: Sequence[int], samples_per_class: int = 10,
-                   method: str = "classifier-free", classifier: nn.Module | None = None,
-                   guidance_scale: float = 0.0, sampler: str = "ddim", num_inference_steps: int = 50,
-                   prediction_type: str = "epsilon", batch_size: int = 500, seed: int = 0) -> SweepResult:
-    """Sample every class at each guidance scale and score the samples.
+def guided_prediction(model: nn.Module, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None,
+                      guidance_scale: float = 1.0) -> torch.Tensor:
+    """Network output with classifier-free guidance (:func:`classifier_free_guidance`), as float32.
 
-    With ``method="classifier-free"`` the scale is the classifier-free w (eps = eps_uncond + w (eps_cond -
-    eps_uncond); 0 unconditional, 1 conditional, > 1 guided). With ``method="classifier"`` it is the
-    classifier-guidance scale s (eps^ = eps - s sqrt(1 - alpha_bar_t) grad log p(y | x_t); Dhariwal & Nichol
-    2021, eq. 14), applied on top of the model's prediction at ``guidance_scale`` (default 0: the
-    unconditional branch of a ConditionalUNet).
+    With labels and w not in {0, 1}, the conditional and unconditional passes run as one batch of 2B.
+    w = 0 makes one unconditional pass, w = 1 one conditional pass; without labels the model is called
+    as ``model(x_t, t)``.
 
     Args:
-        model: a ConditionalUNet (labels are passed to the sampler), in eval mode.
-        schedule: its NoiseSchedule.
-        judge: classifier trained on clean real images, ``judge(x) -> logits``.
-        scales: guidance scales to try (>= 0).
-        image_shape: (C, H, W) of the samples.
-        classes: the class labels to sample.
-        samples_per_class: images per class (>= 2 for within-class diversity).
-        method: one of :data:`METHODS`.
-        classifier: the noise-conditioned classifier ``classifier(x_t, t)`` for ``method="classifier"``.
-        guidance_scale: classifier-free w used under classifier guidance.
-        sampler, num_inference_steps, prediction_type: passed to :func:`diffusion_lib.sampling.sample`.
-        batch_size: images generated at once.
-        seed: the same seed is used at every scale, so each scale starts from the same noise.
+        model: ``model(x_t, t, y)``; labels need a class-conditional model
+            (:func:`~diffusion_lib.models.is_conditional`, e.g. ConditionalUNet).
+        x_t: (B, C, H, W) float. t: int64 (B,) in [0, T-1]. y: int64 (B,) labels, or None.
+        guidance_scale: w >= 0 (diffusers' convention; Ho & Salimans' w' = w - 1).
 
     Returns:
-        :class:`SweepResult`.
+        (B, C, H, W) guided output, float32.
 
     Raises:
-        ValueError: unknown method, classifier guidance without a classifier, empty ``classes`` or
-            ``scales``, or fewer than 2 samples per class.
+        ValueError: labels given to a model that is not class-conditional.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown guidance method {method!r}; accepted: {list(METHODS)}")
-    if method == "classifier" and classifier is None:
-        raise ValueError("method='classifier' needs the noise-conditioned classifier= (see models/classifier.py)")
-    if not scales or not classes:
-        raise ValueError(f"scales and classes must be non-empty; got scales={list(scales)}, classes={list(classes)}")
-    if samples_per_class < 2:
-        raise ValueError(f"samples_per_class must be >= 2; got {samples_per_class}")
-    device = next(model.parameters()).device
-    labels = torch.as_tensor(list(classes), dtype=torch.long).repeat(samples_per_class)
-    rows, samples = [], {}
-    for scale in scales:
-        if method == "classifier-free":
-            options = {"guidance_scale": float(scale)}
-        else:
-            options = {"guidance_scale": guidance_scale, "classifier": classifier, "classifier_scale": float(scale)}
-        generator = torch.Generator(device).manual_seed(seed)
-        start, images = time.perf_counter(), []
-        for first in range(0, len(labels), batch_size):
-            y = labels[first:first + batch_size].to(device)
-            out = sample(model, schedule, sampler, shape=(len(y), *image_shape), y=y, generator=generator,
-                         num_inference_steps=num_inference_steps, prediction_type=prediction_type, **options)
-            images.append(out.images.cpu())
-        images = torch.cat(images)
-        samples[float(scale)] = images
-        rows.append({"method": method, "scale": float(scale), "class_accuracy": class_accuracy(images, labels, judge),
-                     "diversity": diversity(images), "within_class_diversity": within_class_diversity(images, labels),
-                     "seconds": time.perf_counter() - start})
-    return SweepResult(pd.DataFrame(rows), samples, labels)
+    if y is None:
+        return model(x_t, t).float()
+    if not is_conditional(model):
+        raise ValueError("labels/guidance need a class-conditional model (ConditionalUNet); this model is unconditional")
+    if guidance_scale == 1.0:
+        return model(x_t, t, y).float()
+    null = torch.full_like(y, model.null_label)
+    if guidance_scale == 0.0:
+        return model(x_t, t, null).float()
+    out_uncond, out_cond = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([null, y])).chunk(2)
+    return classifier_free_guidance(out_uncond, out_cond, guidance_scale).float()
+
+
+def classifier_log_prob_grad(classifier: nn.Module, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Gradient of log p_phi(y | x_t, t) with respect to x_t (Dhariwal & Nichol 2021, sec. 4.1 and eq. 14).
+
+    Runs with autograd enabled even inside ``torch.no_grad()`` (the samplers are no-grad).
+
+    Args:
+        classifier: ``classifier(x_t, t) -> logits (B, num_classes)``, trained on noisy images.
+        x_t: (B, C, H, W). t: int64 (B,). y: int64 (B,) target classes in [0, num_classes - 1].
+
+    Returns:
+        (B, C, H, W) gradient, float32.
+    """
+    with torch.enable_grad():
+        x = x_t.detach().float().requires_grad_(True)
+        log_probs = torch.log_softmax(classifier(x, t), dim=-1)
+        selected = log_probs[torch.arange(len(y), device=y.device), y].sum()
+        return torch.autograd.grad(selected, x)[0]
+
+
+def classifier_guided_eps(eps: torch.Tensor, gradient: torch.Tensor | float, alpha_bar: torch.Tensor | float,
+                          classifier_scale: float) -> torch.Tensor:
+    """eps^ = eps - s sqrt(1 - alpha_bar_t) grad log p(y | x_t)  (Dhariwal & Nichol 2021, eq. 14).
+
+    Args:
+        eps: (B, C, H, W) predicted noise.
+        gradient: (B, C, H, W) from :func:`classifier_log_prob_grad` (any value when the scale is 0).
+        alpha_bar: alpha_bar_t, a float or a tensor broadcastable to ``eps``.
+        classifier_scale: s; 0 returns ``eps`` itself, untouched.
+
+    Returns:
+        (B, C, H, W) guided eps.
+    """
+    if classifier_scale == 0:
+        return eps
+    alpha_bar = torch.as_tensor(alpha_bar, dtype=eps.dtype, device=eps.device)
+    return eps - classifier_scale * (1 - alpha_bar).sqrt() * gradient
+
+
+def check_guidance_inputs(model: nn.Module, y, batch: int, guidance_scale: float, device: torch.device | str,
+                          classifier: nn.Module | None = None,
+                          classifier_scale: float | None = None) -> torch.Tensor | None:
+    """Validate labels and guidance settings once, at a sampler's public entry; return the labels as int64 on ``device``.
+
+    Labels condition a ConditionalUNet (and its classifier-free guidance). With classifier guidance
+    they may also go to an unconditional UNet: then only the classifier sees them. This is the one
+    place where label values are read on the host (``y.min()``, ``y.max()``); networks do not check them.
+
+    Args:
+        model: the network.
+        y: labels (anything ``torch.as_tensor`` takes) of shape (batch,), or None.
+        batch: number of samples N.
+        guidance_scale: classifier-free guidance w (>= 0).
+        device: where the labels should live.
+        classifier: the classifier of classifier guidance, or None.
+        classifier_scale: its scale s. None means "classifier guidance is on when a classifier is given";
+            a number switches it on for ``classifier`` given and s != 0.
+
+    Returns:
+        int64 (N,) labels on ``device``, or None.
+
+    Raises:
+        ValueError: w < 0; w not in {0, 1} without labels or with an unconditional model; s != 0 without a
+            classifier; classifier guidance without labels; labels for an unconditional model without
+            classifier guidance; labels of the wrong shape or outside [0, num_classes - 1].
+    """
+    if guidance_scale < 0:
+        raise ValueError(f"guidance_scale must be >= 0; got {guidance_scale}")
+    if classifier_scale is not None and classifier_scale != 0 and classifier is None:
+        raise ValueError(f"classifier_scale={classifier_scale} needs the noise-conditioned classifier= "
+                         "(classifier guidance); pass one or use classifier_scale=0")
+    if classifier_scale is not None and classifier_scale == 0:
+        classifier = None
+    conditional = is_conditional(model)
+    if guidance_scale not in (0.0, 1.0) and (y is None or not conditional):
+        raise ValueError(f"guidance_scale={guidance_scale} needs labels y and a class-conditional model "
+                         "(classifier-free guidance toward a class)")
+    if classifier is not None and y is None:
+        raise ValueError("classifier guidance needs target labels y")
+    if y is None:
+        return None
+    if not conditional and classifier is None:
+        raise ValueError("labels/guidance given, but the model is unconditional (no null label); use a ConditionalUNet "
+                         "or classifier guidance")
+    num_classes = model.num_classes if conditional else getattr(classifier, "num_classes", None)
+    y = torch.as_tensor(y, dtype=torch.long, device=device)
+    if y.shape != (batch,):
+        raise ValueError(f"labels y must have shape ({batch},); got {tuple(y.shape)}")
+    if num_classes is not None and y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(f"labels must be in [0, {num_classes - 1}]; got values in [{int(y.min())}, {int(y.max())}]")
+    return y

@@ -16,7 +16,7 @@ Register your own schedule with the decorator and use it by name everywhere::
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -178,6 +178,48 @@ def broadcast(values: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.T
     return coef.reshape(-1, *([1] * (x.ndim - 1)))
 
 
+class PosteriorCoefficients(NamedTuple):
+    """The coefficients of q(x_{t-1} | x_t, x_0) = N(coef_x0 x_0 + coef_xt x_t, variance I)  (Ho et al. 2020, eqs. 6-7).
+
+    Each field has the shape and dtype of the ``alphas_cumprod`` it was computed from.
+
+    Attributes:
+        beta: beta_t = 1 - alpha_bar_t / alpha_bar_{t-1}, the step's variance (eq. 2; of the respaced chain
+            when the previous step is not t - 1, Nichol & Dhariwal 2021, sec. 4).
+        variance: beta~_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t (eq. 7).
+        coef_x0: sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t), the weight of x_0 in mu~_t (eq. 7).
+        coef_xt: sqrt(1 - beta_t) (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t), the weight of x_t in mu~_t (eq. 7).
+    """
+
+    beta: torch.Tensor
+    variance: torch.Tensor
+    coef_x0: torch.Tensor
+    coef_xt: torch.Tensor
+
+
+def posterior_coefficients(alphas_cumprod: torch.Tensor, alphas_cumprod_prev: torch.Tensor) -> PosteriorCoefficients:
+    """Posterior coefficients from alpha_bar_t and alpha_bar_{t-1} alone  (Ho et al. 2020, eqs. 6-7).
+
+    The one home of these formulas: :class:`NoiseSchedule` computes its ``posterior_*`` buffers with it
+    (float64, every step), and the DDPM sampler calls it per step of a respaced chain, where "the
+    previous step" is the previous inference timestep.
+
+    Args:
+        alphas_cumprod: alpha_bar_t, a float tensor of any shape, values in (0, 1).
+        alphas_cumprod_prev: alpha_bar_{t-1}, same shape (or broadcastable), values in (0, 1] and
+            >= ``alphas_cumprod`` (1 for the first step).
+
+    Returns:
+        :class:`PosteriorCoefficients`, computed in the inputs' dtype.
+    """
+    abar, abar_prev = alphas_cumprod, alphas_cumprod_prev
+    beta = 1.0 - abar / abar_prev
+    return PosteriorCoefficients(beta=beta,
+                                 variance=beta * (1.0 - abar_prev) / (1.0 - abar),
+                                 coef_x0=abar_prev.sqrt() * beta / (1.0 - abar),
+                                 coef_xt=(1.0 - beta).sqrt() * (1.0 - abar_prev) / (1.0 - abar))
+
+
 class NoiseSchedule(nn.Module):
     """Every coefficient of the forward process and its posterior, for one beta schedule.
 
@@ -226,8 +268,8 @@ class NoiseSchedule(nn.Module):
         alphas = 1.0 - betas
         alphas_cumprod = torch.cumprod(alphas, dim=0)
         alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
-        posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
-        log_var_floor = posterior_variance[1] if len(betas) > 1 else betas[0]
+        posterior = posterior_coefficients(alphas_cumprod, alphas_cumprod_prev)
+        log_var_floor = posterior.variance[1] if len(betas) > 1 else betas[0]
         coefficients = {
             "betas": betas,
             "alphas": alphas,
@@ -235,10 +277,10 @@ class NoiseSchedule(nn.Module):
             "alphas_cumprod_prev": alphas_cumprod_prev,
             "sqrt_alphas_cumprod": alphas_cumprod.sqrt(),
             "sqrt_one_minus_alphas_cumprod": (1.0 - alphas_cumprod).sqrt(),
-            "posterior_variance": posterior_variance,
-            "posterior_log_variance_clipped": torch.cat([log_var_floor[None], posterior_variance[1:]]).log(),
-            "posterior_mean_coef1": alphas_cumprod_prev.sqrt() * betas / (1.0 - alphas_cumprod),
-            "posterior_mean_coef2": alphas.sqrt() * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod),
+            "posterior_variance": posterior.variance,
+            "posterior_log_variance_clipped": torch.cat([log_var_floor[None], posterior.variance[1:]]).log(),
+            "posterior_mean_coef1": posterior.coef_x0,
+            "posterior_mean_coef2": posterior.coef_xt,
             "snr": alphas_cumprod / (1.0 - alphas_cumprod),
         }
         for key, value in coefficients.items():

@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from diffusion_lib.guidance import guidance_sweep, within_class_diversity
+from diffusion_lib.experiments.guidance_sweep import guidance_sweep, within_class_diversity
+from diffusion_lib.guidance import classifier_log_prob_grad
 from diffusion_lib.models.classifier import Classifier
-from diffusion_lib.sampling import classifier_log_prob_grad, ddim_sample, ddpm_sample, predict_x0_and_eps
+from diffusion_lib.sampling import ddim_sample, ddpm_sample, predict_x0_and_eps
 
 
 @pytest.fixture
@@ -124,3 +125,21 @@ def test_within_class_diversity():
     assert within_class_diversity(images, torch.tensor([0, 0, 1, 1])) == 0.0
     with pytest.raises(ValueError, match="at least one class"):
         within_class_diversity(images, torch.tensor([0, 1, 2, 3]))
+
+
+def test_classifier_free_mix_and_the_papers_convention():
+    from diffusion_lib.guidance import classifier_free_guidance
+
+    uncond, cond = torch.tensor([1.0, -2.0]), torch.tensor([3.0, 0.0])
+    assert torch.equal(classifier_free_guidance(uncond, cond, 0.0), uncond)
+    assert torch.equal(classifier_free_guidance(uncond, cond, 1.0), cond)
+    w_prime = 2.0  # Ho & Salimans 2022, eq. 6: (1 + w') eps_cond - w' eps_uncond, with w' = w - 1
+    torch.testing.assert_close(classifier_free_guidance(uncond, cond, w_prime + 1), (1 + w_prime) * cond - w_prime * uncond)
+
+
+def test_classifier_guided_eps_is_eq_14_and_the_identity_at_scale_0():
+    from diffusion_lib.guidance import classifier_guided_eps
+
+    eps, grad, abar = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4), torch.tensor(0.36)
+    assert classifier_guided_eps(eps, grad, abar, 0.0) is eps
+    torch.testing.assert_close(classifier_guided_eps(eps, grad, abar, 2.0), eps - 2.0 * 0.8 * grad)

@@ -5,8 +5,8 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
 from diffusion_lib import NoiseSchedule
-from diffusion_lib.sampling import (cycle_labels, ddim_sample, ddpm_sample, guided_prediction, inference_timesteps,
-                                    predict_x0_and_eps, sample)
+from diffusion_lib.guidance import guided_prediction
+from diffusion_lib.sampling import cycle_labels, ddim_sample, ddpm_sample, inference_timesteps, predict_x0_and_eps, sample
 
 
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
@@ -152,3 +152,36 @@ def test_classifier_guidance_works_on_an_unconditional_unet(tiny_unet, schedule)
     with pytest.raises(ValueError, match=r"labels must be in \[0, 2\]"):
         ddim_sample(tiny_unet, schedule, noise=noise, y=torch.tensor([0, 3]), num_inference_steps=2,
                     classifier=classifier, classifier_scale=1.0)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_samplers_return_the_validated_int64_labels(tiny_cond_unet, schedule, sampler):
+    out = sample(tiny_cond_unet, schedule, sampler, shape=(3, 1, 8, 8), y=[0, 2, 1], num_inference_steps=2)
+    assert isinstance(out.labels, torch.Tensor) and out.labels.dtype == torch.int64
+    assert out.labels.device == out.images.device and out.labels.tolist() == [0, 2, 1]
+    assert sample(tiny_cond_unet, schedule, sampler, shape=(1, 1, 8, 8), num_inference_steps=2).labels is None
+
+
+def test_classifier_scale_without_a_classifier_is_an_error(tiny_cond_unet, schedule):
+    with pytest.raises(ValueError, match="classifier_scale=2.0 needs the noise-conditioned classifier"):
+        ddim_sample(tiny_cond_unet, schedule, shape=(2, 1, 8, 8), y=[0, 1], num_inference_steps=2, classifier_scale=2.0)
+
+
+def test_respaced_ddpm_step_uses_the_schedules_posterior_coefficients(schedule):
+    from diffusion_lib.schedules import posterior_coefficients
+
+    # on the full chain (previous step t - 1) the per-step coefficients are the schedule's buffers
+    post = posterior_coefficients(schedule.alphas_cumprod, schedule.alphas_cumprod_prev)
+    torch.testing.assert_close(post.beta, schedule.betas, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(post.variance, schedule.posterior_variance, atol=1e-7, rtol=1e-4)
+    torch.testing.assert_close(post.coef_x0, schedule.posterior_mean_coef1, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(post.coef_xt, schedule.posterior_mean_coef2, atol=1e-6, rtol=1e-4)
+    # respaced (previous step t - 10): beta_t = 1 - abar_t / abar_prev, and the mean weights sum as eq. 7 says
+    abar, abar_prev = schedule.alphas_cumprod[50], schedule.alphas_cumprod[40]
+    post = posterior_coefficients(abar, abar_prev)
+    torch.testing.assert_close(post.beta, 1 - abar / abar_prev)
+    x0, eps = torch.randn(4), torch.randn(4)
+    x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+    # the posterior mean is the mean of x_{t_prev} given x_0 and x_t: sqrt(abar_prev) x_0 + sqrt(1 - abar_prev - var) eps
+    expected = abar_prev.sqrt() * x0 + (1 - abar_prev - post.variance).sqrt() * eps
+    torch.testing.assert_close(post.coef_x0 * x0 + post.coef_xt * x_t, expected, atol=1e-5, rtol=1e-5)

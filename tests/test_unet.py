@@ -53,9 +53,28 @@ def test_bad_inputs_raise_clear_errors(tiny_unet, tiny_cond_unet):
         tiny_unet(torch.randn(2, 1, 9, 9), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="unconditional"):
         tiny_unet(torch.randn(2, 1, 8, 8), torch.tensor([0, 1]), torch.tensor([0, 1]))
-    with pytest.raises(ValueError, match=r"labels must be in \[0, 2\]"):
+    with pytest.raises(ValueError, match=r"labels y must be int64 of shape \(2,\)"):
+        tiny_cond_unet(torch.randn(2, 1, 8, 8), torch.tensor([0, 1]), torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="labels y must be int64"):
+        tiny_cond_unet(torch.randn(2, 1, 8, 8), torch.tensor([0, 1]), torch.tensor([0.0, 1.0]))
+    with pytest.raises(IndexError):  # label values are checked at the public entry, not in forward (no host sync)
         tiny_cond_unet(torch.randn(2, 1, 8, 8), torch.tensor([0, 1]), torch.tensor([0, 4]))
     with pytest.raises(ValueError, match="norm_groups"):
         UNet(base_channels=10, norm_groups=4)
     with pytest.raises(ValueError, match="attention_levels"):
         UNet(channel_mults=(1, 2), attention_levels=(2,))
+
+
+def test_conditional_forward_reads_nothing_back_to_the_host(tiny_cond_unet, monkeypatch):
+    """No .item() / int() / bool() / tolist() on a tensor inside forward: each is a GPU sync per step."""
+    x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([1, 2]), torch.tensor([0, 3])
+    expected = tiny_cond_unet(x, t, y)
+
+    def sync(*args, **kwargs):
+        raise AssertionError("host sync inside forward")
+
+    for name in ("item", "tolist", "__int__", "__index__", "__bool__", "__float__"):
+        monkeypatch.setattr(torch.Tensor, name, sync)
+    output = tiny_cond_unet(x, t, y)
+    monkeypatch.undo()
+    torch.testing.assert_close(output, expected)
