@@ -113,7 +113,7 @@ def classifier_guided_eps(eps: torch.Tensor, gradient: torch.Tensor | float, alp
 def check_guidance_inputs(model: nn.Module, y, batch: int, guidance_scale: float, device: torch.device | str,
                           classifier: nn.Module | None = None,
                           classifier_scale: float | None = None) -> torch.Tensor | None:
-    """Validate labels and guidance settings once, at a sampler's public entry; return the labels as int64 on ``device``.
+    """Validate labels and guidance settings once, at a sampler's public entry; return int64 labels on ``device``.
 
     Labels condition a ConditionalUNet (and its classifier-free guidance). With classifier guidance
     they may also go to an unconditional UNet: then only the classifier sees them. This is the one

@@ -329,4 +329,5 @@ def _setup(model, schedule, shape, noise, y, guidance_scale, num_inference_steps
     timesteps = inference_timesteps(schedule.num_train_timesteps, num_inference_steps, timestep_spacing)
     alphas_cumprod = schedule.alphas_cumprod[timesteps.to(device)]
     alphas_cumprod_prev = torch.cat([alphas_cumprod[1:], torch.ones(1, device=device)])
-    return _Setup(x, y, model_y, timesteps, alphas_cumprod, alphas_cumprod_prev, _Recorder(capture_steps, len(timesteps)))
+    recorder = _Recorder(capture_steps, len(timesteps))
+    return _Setup(x, y, model_y, timesteps, alphas_cumprod, alphas_cumprod_prev, recorder)

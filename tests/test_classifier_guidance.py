@@ -134,7 +134,8 @@ def test_classifier_free_mix_and_the_papers_convention():
     assert torch.equal(classifier_free_guidance(uncond, cond, 0.0), uncond)
     assert torch.equal(classifier_free_guidance(uncond, cond, 1.0), cond)
     w_prime = 2.0  # Ho & Salimans 2022, eq. 6: (1 + w') eps_cond - w' eps_uncond, with w' = w - 1
-    torch.testing.assert_close(classifier_free_guidance(uncond, cond, w_prime + 1), (1 + w_prime) * cond - w_prime * uncond)
+    ho_salimans = (1 + w_prime) * cond - w_prime * uncond
+    torch.testing.assert_close(classifier_free_guidance(uncond, cond, w_prime + 1), ho_salimans)
 
 
 def test_classifier_guided_eps_is_eq_14_and_the_identity_at_scale_0():

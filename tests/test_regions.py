@@ -49,9 +49,11 @@ def test_region_has_one_statement_per_line(func):
         if isinstance(node, ast.stmt):
             starts[node.lineno] = starts.get(node.lineno, 0) + 1
             if not isinstance(node, (ast.For, ast.While, ast.If, ast.With)):
-                assert node.end_lineno == node.lineno, f"{func.__name__}: statement spans lines {node.lineno}-{node.end_lineno}"
+                span = f"{node.lineno}-{node.end_lineno}"
+                assert node.end_lineno == node.lineno, f"{func.__name__}: a statement spans lines {span}"
     for number, line in enumerate(source.splitlines(), start=1):
-        assert starts.get(number) == 1, f"{func.__name__} line {number} holds {starts.get(number, 0)} statements: {line!r}"
+        count = starts.get(number, 0)
+        assert count == 1, f"{func.__name__} line {number} holds {count} statements: {line!r}"
 
 
 @pytest.mark.parametrize("func", REGIONS, ids=lambda f: f.__name__)
@@ -75,7 +77,7 @@ def test_sampling_regions_show_guidance_prediction_clipping_update_in_order_and_
 
 def test_training_region_draws_no_eager_target_table_and_no_device_plumbing():
     tree = ast.parse(region_source(training_loss))
-    assert not any(isinstance(node, ast.Dict) for node in ast.walk(tree))  # the target is chosen, not built for each type
+    assert not any(isinstance(node, ast.Dict) for node in ast.walk(tree))  # the target is chosen, not built for all
     names = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
     assert "v_target" not in names
     assert not any(isinstance(node, ast.Attribute) and node.attr == "to" for node in ast.walk(tree))

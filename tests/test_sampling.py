@@ -6,7 +6,8 @@ from diffusers import DDIMScheduler, DDPMScheduler
 
 from diffusion_lib import NoiseSchedule
 from diffusion_lib.guidance import guided_prediction
-from diffusion_lib.sampling import cycle_labels, ddim_sample, ddpm_sample, inference_timesteps, predict_x0_and_eps, sample
+from diffusion_lib.sampling import (cycle_labels, ddim_sample, ddpm_sample, inference_timesteps, predict_x0_and_eps,
+                                    sample)
 
 
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
@@ -182,6 +183,6 @@ def test_respaced_ddpm_step_uses_the_schedules_posterior_coefficients(schedule):
     torch.testing.assert_close(post.beta, 1 - abar / abar_prev)
     x0, eps = torch.randn(4), torch.randn(4)
     x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
-    # the posterior mean is the mean of x_{t_prev} given x_0 and x_t: sqrt(abar_prev) x_0 + sqrt(1 - abar_prev - var) eps
+    # the posterior mean of x_{t_prev} given x_0 and x_t: sqrt(abar_prev) x_0 + sqrt(1 - abar_prev - var) eps
     expected = abar_prev.sqrt() * x0 + (1 - abar_prev - post.variance).sqrt() * eps
     torch.testing.assert_close(post.coef_x0 * x0 + post.coef_xt * x_t, expected, atol=1e-5, rtol=1e-5)
