@@ -401,7 +401,7 @@ def save_cache(path, dataset: ImageDataset) -> None:
         dataset: the prepared dataset.
     """
     info = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataset.info.__dict__.items()}
-    report = None if dataset.report is None else {c: [str(v) for v in dataset.report[c]] for c in dataset.report.columns}
+    report = None if dataset.report is None else {c: [str(v) for v in dataset.report[c]] for c in dataset.report}
     payload = {"pixels": dataset.pixels.cpu(), "labels": None if dataset.labels is None else dataset.labels.cpu(),
                "class_names": dataset.class_names, "info": info, "report": report, "files": dataset.files}
     save_artifact(path, CACHE_KIND, payload, CACHE_VERSION)

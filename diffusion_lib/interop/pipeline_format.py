@@ -4,7 +4,8 @@
 place by :func:`diffusion_lib.atomic.atomic_write_folder`)::
 
     folder/
-      model_index.json                      {"_class_name": "DDPMPipeline", "unet": ["diffusion_lib.interop", "DiffusersUNet"], ...}
+      model_index.json                      {"_class_name": "DDPMPipeline",
+                                             "unet": ["diffusion_lib.interop", "DiffusersUNet"], ...}
       unet/config.json                      our UNet's constructor arguments + sample_size
       unet/diffusion_pytorch_model.safetensors
       scheduler/scheduler_config.json       DDPMScheduler with trained_betas = our betas
