@@ -1,12 +1,14 @@
-"""Atomic file writes: a temporary file beside the target, then ``os.replace``.
+"""Atomic writes: a temporary file (or folder) beside the target, then ``os.replace``.
 
 A crash at any point leaves either the old file or the new one, never half a file, and no
-temporary file behind. Every checkpoint, cache, grid and export of the library is written here.
+temporary file behind. Every checkpoint, cache, grid and export of the library is written here;
+folders (diffusers pipeline folders) by :func:`atomic_write_folder`.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -53,3 +55,38 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def atomic_save(obj, path: str | Path) -> Path:
     """``torch.save(obj, path)`` atomically."""
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_write_folder(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a fresh temporary folder beside ``path``, then rename it into place.
+
+    Parent folders are created. An existing folder at ``path`` is first renamed aside (to a
+    ``.old`` sibling) and deleted only after the new one is in place: a crash leaves the old
+    folder (or, between the two renames, its ``.old`` copy), never a half-written one. On any
+    exception from ``write`` the temporary folder is removed and the exception propagates.
+    Whether an existing folder may be replaced is the caller's decision.
+
+    Args:
+        path: the destination folder.
+        write: fills the (empty) temporary folder it is given.
+
+    Returns:
+        ``path`` as a Path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes private (0700) folders; give the usual permissions
+        if path.exists():
+            old = tmp.with_suffix(".old")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path

@@ -228,3 +228,19 @@ def test_demo_folder_cleaning_finds_exactly_the_planted_problems(tmp_path):
     with pytest.raises(ValueError, match="not empty"):
         write_demo_folder(tmp_path / "mine", overwrite=True)  # never deletes a folder it did not write
     assert (tmp_path / "mine" / "precious.txt").exists()
+
+
+def test_cache_is_a_data_cache_artifact_and_other_kinds_are_rebuilt(tmp_path):
+    from diffusion_lib.checkpoint import load_artifact, save_artifact
+
+    ds = load_dataset("digits", image_size=8)
+    path = tmp_path / "digits.pt"
+    prepare.save_cache(path, ds)
+    payload = load_artifact(path, "data_cache", required=("pixels", "labels", "info"))
+    assert torch.equal(payload["pixels"], ds.pixels) and torch.equal(payload["labels"], ds.labels)
+    again = prepare.load_cache(path)
+    assert torch.equal(again.pixels, ds.pixels) and again.class_names == ds.class_names and again.info == ds.info
+    save_artifact(path, "checkpoint", {"pixels": ds.pixels})  # a valid artifact, but not a data cache
+    with pytest.warns(UserWarning, match="unreadable data cache .*'checkpoint' file"):
+        assert prepare.load_cache(path) is None
+    assert prepare.load_cache(tmp_path / "missing.pt") is None

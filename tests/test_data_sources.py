@@ -132,6 +132,14 @@ def test_npy_layouts_ranges_and_labels(tmp_path):
     np.save(tmp_path / "short.npy", np.arange(3))
     with pytest.raises(ValueError, match="labels"):
         load_dataset("npy", path=tmp_path / "x.npy", labels_path=tmp_path / "short.npy")
+    signed = np.linspace(-1, 1, 2 * 4 * 4).reshape(2, 4, 4)  # floats with negatives: [-1, 1] -> [0, 255]
+    np.save(tmp_path / "signed.npy", signed)
+    assert load_dataset("npy", path=tmp_path / "signed.npy").pixels[..., 0].numpy().tolist() == \
+        np.round((signed + 1) * 127.5).astype(np.uint8).tolist()
+    np.save(tmp_path / "ints.npy", np.arange(2 * 4 * 4, dtype=np.int64).reshape(2, 4, 4) * 8)  # [0, 255] as is
+    assert load_dataset("npy", path=tmp_path / "ints.npy").pixels.ravel().tolist() == list(range(0, 256, 8))
+    np.save(tmp_path / "mask.npy", np.eye(4, dtype=bool)[None])  # bool -> {0, 255}
+    assert load_dataset("npy", path=tmp_path / "mask.npy").pixels[0, :, :, 0].numpy().tolist() == (np.eye(4) * 255).tolist()
     np.save(tmp_path / "big.npy", np.full((2, 4, 4), 300.0))
     with pytest.raises(ValueError, match="values"):
         load_dataset("npy", path=tmp_path / "big.npy")

@@ -234,6 +234,37 @@ def test_save_pretrained_replaces_atomically_and_refuses_foreign_folders(tiny_co
         save_pretrained(tiny_unet, None, tmp_path / "x", image_size=8)
 
 
+def test_metadata_is_a_diffusers_metadata_artifact_and_a_foreign_one_is_refused(tiny_unet, tmp_path):
+    from diffusion_lib.checkpoint import load_artifact
+    from diffusion_lib.interop import METADATA_FILE, METADATA_KIND
+
+    folder = save_pretrained(tiny_unet, NoiseSchedule("linear", 100), tmp_path / "m", image_size=8)
+    meta = load_artifact(folder / METADATA_FILE, METADATA_KIND, required=("schedule", "prediction_type", "data"))
+    assert meta["schedule"]["name"] == "linear" and meta["data"]["image_size"] == 8 and meta["step"] is None
+    (folder / METADATA_FILE).write_text(json.dumps({"format": "diffusion_lib.diffusers", "format_version": 1}))
+    with pytest.raises(ValueError, match="not a diffusion_lib diffusers_metadata file"):
+        load_pretrained(folder)
+
+
+def test_importing_the_package_does_not_import_diffusers(monkeypatch):
+    import importlib
+    import sys
+
+    import diffusion_lib
+    import diffusion_lib.interop as interop
+
+    assert DiffusersUNet.__module__ == "diffusion_lib.interop" and "save_pretrained" in dir(interop)
+    assert not hasattr(interop, "no_such_name")
+    monkeypatch.setattr(diffusion_lib, "interop", interop)  # restored after the fresh import below
+    for name in [m for m in sys.modules if m.startswith("diffusion_lib.interop")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # any import of diffusers now fails
+    fresh = importlib.import_module("diffusion_lib.interop")  # so this import must not need it
+    assert fresh is not interop
+    with pytest.raises(ImportError):
+        fresh.SCHEDULERS  # noqa: B018 - first use loads the submodule, which imports diffusers
+
+
 def _tiny_ddpm_pipeline() -> DDPMPipeline:
     torch.manual_seed(0)
     unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,

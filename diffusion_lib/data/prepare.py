@@ -8,8 +8,9 @@ The path of every file-based source (image folders, CelebA, Flowers102, Stanford
                      convert the mode (grayscale, palette, RGBA, CMYK, 16-bit) to L or RGB;
                      crop to a square (centre, or CelebA's face box); resize
 3. ``split_dataset`` seeded train/validation split (stratified when labelled)
-4. ``save_cache`` / ``load_cache``  prepared uint8 tensors on disk, keyed by a hash of
-                     the source and every setting, so a change invalidates the cache
+4. ``save_cache`` / ``load_cache``  prepared uint8 tensors on disk (artifact kind "data_cache"
+                     of :mod:`diffusion_lib.checkpoint`), keyed by a hash of the source and
+                     every setting, so a change invalidates the cache
 
 Every dropped file appears in a report table (``path, reason, detail``).
 """
@@ -30,7 +31,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_save
+from ..checkpoint import load_artifact, save_artifact
 from .dataset import ImageDataset, SourceInfo
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
@@ -383,33 +384,48 @@ def cache_key(settings: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def save_cache(path, dataset: ImageDataset) -> None:
-    """Write a dataset to ``path`` atomically (temporary file + ``os.replace``).
+CACHE_KIND = "data_cache"
+CACHE_VERSION = 1
+CACHE_KEYS = ("pixels", "labels", "class_names", "info", "report", "files")
 
-    The file holds the uint8 pixels, int64 labels, class names, the SourceInfo fields,
-    the cleaning report and the source file paths; it loads with ``torch.load(weights_only=True)``.
+
+def save_cache(path, dataset: ImageDataset) -> None:
+    """Write a prepared dataset as artifact kind "data_cache" (:func:`diffusion_lib.checkpoint.save_artifact`).
+
+    The payload holds the uint8 pixels (N, H, W, C), int64 labels (N,) or None, class names, the
+    SourceInfo fields, the cleaning report (columns of strings) and the source file paths; the file is
+    written atomically (temporary file + ``os.replace``) and loads with ``torch.load(weights_only=True)``.
+
+    Args:
+        path: destination file (a ``.pt`` name; not ``.json``, which cannot hold tensors).
+        dataset: the prepared dataset.
     """
     info = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataset.info.__dict__.items()}
-    report = None if dataset.report is None else {c: [str(v) for v in dataset.report[c]] for c in dataset.report.columns}
-    payload = {"format": "diffusion_lib.data.cache/1", "pixels": dataset.pixels.cpu(),
-               "labels": None if dataset.labels is None else dataset.labels.cpu(),
+    report = None if dataset.report is None else {c: [str(v) for v in dataset.report[c]] for c in dataset.report}
+    payload = {"pixels": dataset.pixels.cpu(), "labels": None if dataset.labels is None else dataset.labels.cpu(),
                "class_names": dataset.class_names, "info": info, "report": report, "files": dataset.files}
-    atomic_save(payload, path)
+    save_artifact(path, CACHE_KIND, payload, CACHE_VERSION)
 
 
 def load_cache(path) -> ImageDataset | None:
-    """Read a dataset written by :func:`save_cache`; None (with a warning) if the file is
-    missing, unreadable or not a cache file, so the caller rebuilds it."""
+    """Read a dataset written by :func:`save_cache`, or None so that the caller rebuilds it.
+
+    Args:
+        path: the cache file.
+
+    Returns:
+        the ImageDataset; None when the file is missing (silently) or is unreadable, truncated, foreign,
+        of another kind or version, or incomplete (with a warning "ignoring unreadable data cache ...").
+        Nothing is raised: a bad cache is rebuilt, never trusted.
+    """
     path = Path(path)
     if not path.is_file():
         return None
     try:
-        d = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(d, dict) or d.get("format") != "diffusion_lib.data.cache/1":
-            raise ValueError("not a diffusion_lib data cache")
+        d = load_artifact(path, CACHE_KIND, CACHE_VERSION, required=CACHE_KEYS)
         info = SourceInfo(**{**d["info"], "class_names": tuple(d["info"].get("class_names") or ())})
         report = None if d["report"] is None else pd.DataFrame(d["report"])
-        return ImageDataset(d["pixels"], d["labels"], d["class_names"], info, report, d.get("files"))
+        return ImageDataset(d["pixels"], d["labels"], d["class_names"], info, report, d["files"])
     except Exception as e:  # noqa: BLE001 - a bad cache is rebuilt, never trusted
         warnings.warn(f"ignoring unreadable data cache {path}: {type(e).__name__}: {e}")
         return None

@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from ..images import to_uint8
 from .dataset import ImageDataset, SourceInfo
 from .prepare import (_check_size, cache_key, crop_box, fingerprint, load_cache, process_files, resize_pixels,
                       save_cache, scan_folder, stack_pixels, to_channels)
@@ -327,19 +328,29 @@ def image_folder(image_size: int | None = None, root=None, channels: int | None 
     return ImageDataset(pixels, labels, class_names, info, report, list(kept["path"]))
 
 
-def _to_uint8(arr: np.ndarray) -> np.ndarray:
+def _npy_pixels(arr: np.ndarray) -> np.ndarray:
+    """uint8 (N, H, W, C) pixels of a ``.npy`` image array (N, H, W, C) of any numeric dtype.
+
+    uint8 is taken as is and bool as {0, 255}; every other dtype is quantised by
+    :func:`diffusion_lib.images.to_uint8` from the range its values lie in: floats within [-1, 1]
+    from [-1, 1] when a negative value occurs, else from [0, 1]; anything else from [0, 255].
+
+    Raises:
+        ValueError: values outside [0, 255], [0, 1] and [-1, 1] (the message gives the range found).
+    """
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype == np.bool_:
         return arr.astype(np.uint8) * 255
     lo, hi = float(arr.min(initial=0)), float(arr.max(initial=0))
-    if np.issubdtype(arr.dtype, np.floating):
-        if lo >= -1.0 and hi <= 1.0:
-            scaled = (arr + 1.0) * 127.5 if lo < 0 else arr * 255.0
-            return np.round(scaled).astype(np.uint8)
-    if lo < 0 or hi > 255:
+    floating = np.issubdtype(arr.dtype, np.floating)
+    if floating and lo >= -1.0 and hi <= 1.0:
+        value_range = (-1.0, 1.0) if lo < 0 else (0.0, 1.0)
+    elif lo < 0 or hi > 255:
         raise ValueError(f"array values must lie in [0, 255], [0, 1] or [-1, 1]; got [{lo}, {hi}] ({arr.dtype})")
-    return np.round(arr).astype(np.uint8)
+    else:
+        value_range = (0.0, 255.0)
+    return to_uint8(arr if floating else arr.astype(np.float64), value_range=value_range, channels_last=True)
 
 
 @register_source("npy")
@@ -375,7 +386,7 @@ def npy(image_size: int | None = None, path=None, labels_path=None, class_names=
         arr = arr.transpose(0, 2, 3, 1)
     if arr.ndim != 4 or arr.shape[-1] not in (1, 3):
         raise ValueError(f"images must be (N, H, W), (N, H, W, C) or (N, C, H, W) with C in (1, 3); got {arr.shape}")
-    pixels = torch.from_numpy(np.ascontiguousarray(_to_uint8(arr)))
+    pixels = torch.from_numpy(np.ascontiguousarray(_npy_pixels(arr)))
     h, w = pixels.shape[1:3]
     if h != w:
         if image_size is None:
