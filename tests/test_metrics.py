@@ -10,6 +10,7 @@ import torch
 from torch_fidelity import feature_extractor_inceptionv3 as tf_inception
 
 from diffusion_lib import metrics
+from diffusion_lib.metrics import extractors
 from diffusion_lib.data import load_dataset
 from diffusion_lib.images import from_uint8
 
@@ -128,7 +129,7 @@ def test_offline_scoring_uses_the_domain_extractor_and_says_so(digits, cache_dir
     assert any(f.startswith("real_features-digits-domain-classifier") for f in files)
 
     # the second call reuses the cached classifier and real features: no training
-    monkeypatch.setattr(metrics, "train_classifier", lambda *a, **k: pytest.fail("retrained"))
+    monkeypatch.setattr(extractors, "train_classifier", lambda *a, **k: pytest.fail("retrained"))
     shifted = (real[:600] + 0.6).clamp(-1, 1)
     worse = metrics.evaluate_samples(shifted, real, labels=labels[:600], real_labels=labels, dataset="digits",
                                      cache_dir=cache_dir, device="cpu", domain_steps=60, kid_subsets=10)
