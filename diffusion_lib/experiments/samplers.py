@@ -27,7 +27,7 @@ from __future__ import annotations
 import itertools
 import time
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Sequence
 
 import pandas as pd
@@ -326,7 +326,8 @@ def pipeline_sweep(pipeline, schedulers: Sequence[str], steps: Sequence[int], *,
                           metrics=("fid", "kid", "diversity") if fits else ("diversity",), reference=None,
                           device=device, seed=seed, evaluate_options=evaluate_options))
         if real is not None and not fits:
-            row["notes"] = f"real images {real_shape} differ from the samples {tuple(images.shape[1:])}: no FID/KID"
+            row["notes"] = (f"real images {real_shape} differ from the samples {tuple(images.shape[1:])}: "
+                            "no FID/KID")
         rows.append(row)
         samples[label] = images
     return SamplerSweep(pd.DataFrame(rows).reindex(columns=list(COLUMNS)), samples)
