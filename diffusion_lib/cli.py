@@ -106,7 +106,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
     from .data import load_dataset
     from .device import resolve_device
-    from .metrics import evaluate_samples
+    from .metrics import evaluate_samples, format_report
     from .sampling import cycle_labels
 
     n, batch_size = args.num_samples, args.batch_size
@@ -150,24 +150,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     report.update(result.to_dict())
     atomic_write_text(out, json.dumps(report, indent=2) + "\n")
 
-    r = result
-    kid = None if r.kid_mean is None else f"{r.kid_mean:.5f} ± {r.kid_std:.5f} (subsets of {r.kid_subset_size})"
-    inception = None if r.is_mean is None else f"{r.is_mean:.3f}" + (
-        f" ± {r.is_std:.3f} ({r.is_splits} splits)" if r.is_std is not None else " (1 split)")
-    rows = [("FID (lower is better)", None if r.fid is None else f"{r.fid:.4f}"),
-            ("KID (lower is better)", kid), ("IS (higher is better)", inception),
-            ("diversity", None if r.diversity is None else f"{r.diversity:.4f}"),
-            ("class accuracy", None if r.class_accuracy is None else f"{r.class_accuracy:.3f}")]
     sampling = (f"{report['sampler']}, {report['num_inference_steps']} steps, guidance {report['guidance_scale']}"
                 if loaded.schedule is not None else "prior samples")
-    print(f"{args.checkpoint} ({config.model.kind}, step {loaded.step}): {r.num_generated} samples ({sampling}) "
-          f"vs {r.num_real} real images of {r.dataset}")
-    print(f"extractor: {r.extractor} (scores of different extractors are not comparable)")
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"  {name:<{width}}  {'-' if value is None else value}")
-    for note in r.notes:
-        print(f"note: {note}")
+    print(format_report(result, f"{args.checkpoint} ({config.model.kind}, step {loaded.step}): {result.num_generated} "
+                                f"samples ({sampling}) vs {result.num_real} real images of {result.dataset}"))
     print(f"wrote {out}")
     return 0
 

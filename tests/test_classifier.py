@@ -5,7 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from diffusion_lib.data import load_dataset
-from diffusion_lib.models.classifier import Classifier, load_classifier, save_classifier, train_classifier
+from diffusion_lib.checkpoint import save_artifact
+from diffusion_lib.classifier_training import load_classifier, save_classifier, train_classifier
+from diffusion_lib.models.classifier import Classifier
 from diffusion_lib.schedules import NoiseSchedule
 
 
@@ -44,8 +46,14 @@ def test_time_conditioning():
     x = torch.randn(3, 1, 16, 16)
     with pytest.raises(ValueError, match="time-conditional"):
         model(x)
+    # ranges are checked once at an entry (check_timesteps), not in forward: no host read per step
     with pytest.raises(ValueError, match=r"\[0, 99\]"):
-        model(x, torch.tensor([0, 5, 100]))
+        model.check_timesteps(torch.tensor([0, 5, 100]))
+    with pytest.raises(ValueError, match=r"\[0, 99\]"):
+        model.check_timesteps(-1)
+    with pytest.raises(ValueError, match="int64"):
+        model.check_timesteps(torch.tensor([0.5]))
+    model.check_timesteps(torch.tensor([0, 99]))
     low, high = model(x, torch.zeros(3, dtype=torch.long)), model(x, torch.full((3,), 99))
     assert not torch.allclose(low, high), "the timestep must change the logits"
     # a clean classifier ignores t, so it can stand in as a guidance baseline
@@ -134,17 +142,24 @@ def test_save_load_roundtrip(tmp_path):
 
 
 def test_load_rejects_bad_files(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_classifier(tmp_path / "missing.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not a readable"):
+    with pytest.raises(ValueError, match="junk.pt is corrupt or not a torch file"):
         load_classifier(tmp_path / "junk.pt")
     torch.save({"format": "something-else"}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="not a classifier checkpoint"):
+    with pytest.raises(ValueError, match="other.pt is not a diffusion_lib classifier file"):
         load_classifier(tmp_path / "other.pt")
+    save_artifact(tmp_path / "features.pt", "features", {"config": {}, "state_dict": {}})
+    with pytest.raises(ValueError, match="is a 'features' file; expected a 'classifier' file"):
+        load_classifier(tmp_path / "features.pt")
+    save_artifact(tmp_path / "newer.pt", "classifier", {"config": {}, "state_dict": {}}, version=2)
+    with pytest.raises(ValueError, match="newer.pt has classifier version 2"):
+        load_classifier(tmp_path / "newer.pt")
     path = save_classifier(Classifier(1, 10, base_channels=8), tmp_path / "ok.pt")
-    payload = torch.load(path, weights_only=True)
-    payload["config"]["base_channels"] = 16
-    torch.save(payload, tmp_path / "mismatch.pt")
-    with pytest.raises(ValueError, match="do not match"):
+    record = torch.load(path, weights_only=True)
+    assert (record["format"], record["kind"], record["version"]) == ("diffusion_lib", "classifier", 1)
+    record["payload"]["config"]["base_channels"] = 16
+    torch.save(record, tmp_path / "mismatch.pt")
+    with pytest.raises(ValueError, match="mismatch.pt: weights do not match"):
         load_classifier(tmp_path / "mismatch.pt")

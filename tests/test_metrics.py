@@ -10,6 +10,7 @@ import torch
 from torch_fidelity import feature_extractor_inceptionv3 as tf_inception
 
 from diffusion_lib import metrics
+from diffusion_lib.metrics import extractors
 from diffusion_lib.data import load_dataset
 from diffusion_lib.images import from_uint8
 
@@ -128,7 +129,7 @@ def test_offline_scoring_uses_the_domain_extractor_and_says_so(digits, cache_dir
     assert any(f.startswith("real_features-digits-domain-classifier") for f in files)
 
     # the second call reuses the cached classifier and real features: no training
-    monkeypatch.setattr(metrics, "train_classifier", lambda *a, **k: pytest.fail("retrained"))
+    monkeypatch.setattr(extractors, "train_classifier", lambda *a, **k: pytest.fail("retrained"))
     shifted = (real[:600] + 0.6).clamp(-1, 1)
     worse = metrics.evaluate_samples(shifted, real, labels=labels[:600], real_labels=labels, dataset="digits",
                                      cache_dir=cache_dir, device="cpu", domain_steps=60, kid_subsets=10)
@@ -228,3 +229,59 @@ def test_check_range_false_accepts_noisy_images_either_side():
         assert torch.equal(metrics.check_images(noisy, check_range=False), noisy)
         with pytest.raises(ValueError, match=r"must lie in \[-1, 1\]"):
             metrics.check_images(noisy)
+
+
+def test_paired_distance():
+    a = torch.rand(4, 1, 8, 8) * 2 - 1
+    assert metrics.paired_distance(a, a) == 0.0
+    assert metrics.paired_distance(-torch.ones(2, 1, 8, 8), torch.ones(2, 1, 8, 8)) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="one shape"):
+        metrics.paired_distance(a, a[:2])
+
+
+def test_format_report_lists_every_score_and_note():
+    result = metrics.EvaluationResult("domain-classifier:digits:abc", "digits", 40, 1797, fid=12.34567, kid_mean=0.01,
+                                      kid_std=0.002, kid_subset_size=40, is_mean=3.2, is_std=None, is_splits=1,
+                                      diversity=0.5, notes=["small sample"])
+    lines = metrics.format_report(result, "title line").splitlines()
+    assert lines[0] == "title line" and "domain-classifier:digits:abc" in lines[1] and "not comparable" in lines[1]
+    assert any("FID" in line and "12.3457" in line for line in lines)
+    assert any("KID" in line and "0.01000 ± 0.00200 (subsets of 40)" in line for line in lines)
+    assert any("IS" in line and "3.200 (1 split)" in line for line in lines)
+    assert any(line.split()[:2] == ["class", "accuracy"] and line.endswith("-") for line in lines)
+    assert lines[-1] == "note: small sample"
+    assert "title" not in metrics.format_report(result)
+
+
+def test_caches_are_artifacts_and_broken_ones_are_rebuilt(digits, tmp_path, offline):
+    from diffusion_lib.checkpoint import load_artifact
+
+    _, real, labels = digits
+    ext = metrics.domain_extractor(real[:200], labels[:200], dataset="d", cache_dir=tmp_path, device="cpu", steps=2)
+    (clf_file,) = tmp_path.glob("domain_classifier-d-*.pt")
+    assert load_artifact(clf_file, "classifier")["meta"]["hash"] in ext.name
+    feats = metrics.real_features(real[:50], ext, dataset="d", cache_dir=tmp_path)
+    (feat_file,) = tmp_path.glob("real_features-d-*.pt")
+    stored = load_artifact(feat_file, "features", required=("extractor", "features", "logits"))
+    assert stored["extractor"] == ext.name and torch.equal(stored["features"], feats.features.float())
+    # files in the old formats (or broken ones) are rebuilt with a warning, never trusted
+    torch.save({"format": "diffusion_lib.classifier", "version": 1}, clf_file)
+    feat_file.write_bytes(b"junk")
+    with pytest.warns(UserWarning, match="retraining the domain classifier"):
+        again = metrics.domain_extractor(real[:200], labels[:200], dataset="d", cache_dir=tmp_path, device="cpu",
+                                         steps=2)
+    with pytest.warns(UserWarning, match="ignoring unreadable feature cache"):
+        rebuilt = metrics.real_features(real[:50], again, dataset="d", cache_dir=tmp_path)
+    assert again.name == ext.name and torch.equal(rebuilt.features, feats.features)
+    assert load_artifact(clf_file, "classifier")["config"]["num_classes"] == 10
+
+
+def test_package_loads_submodules_on_first_use():
+    import subprocess
+    import sys
+
+    code = ("import sys, diffusion_lib.metrics as m; assert 'torchmetrics' not in sys.modules; "
+            "assert 'diffusion_lib.metrics.evaluate' not in sys.modules; m.diversity; "
+            "assert 'torchmetrics' not in sys.modules; from diffusion_lib.metrics import evaluate_samples; "
+            "assert sorted(m.__all__) == sorted(set(m.__all__)) and 'format_report' in dir(m)")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -5,7 +5,7 @@
 
 from torch import nn
 
-from .classifier import Classifier, load_classifier, save_classifier, train_classifier
+from .classifier import Classifier
 from .unet import ConditionalUNet, UNet, build_unet
 from .vae import VAE, VAELoss, VAEOutput
 
@@ -35,5 +35,4 @@ def build_model(kind: str, config: dict) -> nn.Module:
     raise ValueError(f"unknown model kind {kind!r}; accepted: ['unet', 'vae']")
 
 
-__all__ = ["is_conditional", "UNet", "ConditionalUNet", "build_unet", "build_model", "VAE", "VAEOutput", "VAELoss", "Classifier",
-           "train_classifier", "save_classifier", "load_classifier"]
+__all__ = ["is_conditional", "UNet", "ConditionalUNet", "build_unet", "build_model", "VAE", "VAEOutput", "VAELoss", "Classifier"]

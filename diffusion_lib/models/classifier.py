@@ -7,7 +7,13 @@ It plays three parts:
    (``features`` gives the penultimate activations, ``forward`` the class logits for IS);
 3. the noise-conditioned classifier p(y | x_t, t) of classifier guidance
    (Dhariwal & Nichol 2021, sec. 4), when built with ``time_conditional=True`` and trained
-   on noised images x_t by :func:`train_classifier` with a noise schedule.
+   on noised images x_t (:func:`diffusion_lib.classifier_training.train_classifier` with a
+   noise schedule).
+
+This module holds the network only: training and its file live in
+:mod:`diffusion_lib.classifier_training`. ``forward`` checks shapes and dtypes only (nothing is
+read back from the device); label and timestep ranges are checked once by the public entries
+(``train_classifier``, ``metrics.class_accuracy``, the extractors), or by :meth:`Classifier.check_timesteps`.
 
 Shape: a 3x3 conv stem, then one residual block per entry of ``channel_mults`` with a
 stride-2 convolution between levels, GroupNorm + SiLU, global average pooling (the
@@ -18,20 +24,12 @@ makes it work for any image size >= 8.
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..atomic import atomic_save
-from ..device import resolve_device
 from .unet import SinusoidalTimeEmbedding
-
-CHECKPOINT_FORMAT = "diffusion_lib.classifier"
-CHECKPOINT_VERSION = 1
 
 
 def _groups(channels: int) -> int:
@@ -71,7 +69,7 @@ class Classifier(nn.Module):
             for classifier guidance; if False, t is ignored (so a clean classifier can be
             plugged into guidance as a baseline).
         num_train_timesteps: T of the noise schedule the classifier is trained with; when
-            given, t is checked to lie in [0, T-1].
+            given, :meth:`check_timesteps` and ``train_classifier`` check t against it.
         channel_mults: channel multiplier per level; a stride-2 downsampling sits between
             consecutive levels. Default (1, 2, 2): features of dimension 64 for base 32.
         dropout: dropout rate inside the residual blocks, in [0, 1).
@@ -121,6 +119,7 @@ class Classifier(nn.Module):
         self.head = nn.Linear(channels, num_classes)
 
     def _check(self, x: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor | None:
+        """Shape and dtype checks of a forward pass (nothing is read back from the device)."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must be (N, {self.in_channels}, H, W); got shape {tuple(x.shape)}")
         if min(x.shape[-2:]) < 8:
@@ -136,9 +135,25 @@ class Classifier(nn.Module):
             t = t.expand(x.shape[0])
         if t.shape != (x.shape[0],) or t.is_floating_point():
             raise ValueError(f"t must be an int tensor of shape ({x.shape[0]},); got {tuple(t.shape)} {t.dtype}")
-        if self.num_train_timesteps is not None and (t.min() < 0 or t.max() >= self.num_train_timesteps):
-            raise ValueError(f"t must lie in [0, {self.num_train_timesteps - 1}]; got [{int(t.min())}, {int(t.max())}]")
         return t
+
+    def check_timesteps(self, t) -> None:
+        """Check that timesteps lie in [0, T-1] for the T this classifier was built for.
+
+        Reads ``t`` on the host (a device sync), so call it once at a public entry, not per step;
+        ``forward`` does not call it. Without ``num_train_timesteps`` any int timesteps are accepted.
+
+        Args:
+            t: int timesteps (any shape), or an int.
+
+        Raises:
+            ValueError: float timesteps, or values outside [0, num_train_timesteps - 1].
+        """
+        t = torch.as_tensor(t)
+        if t.is_floating_point():
+            raise ValueError(f"t must be int64 timesteps; got dtype {t.dtype}")
+        if self.num_train_timesteps is not None and t.numel() and (t.min() < 0 or t.max() >= self.num_train_timesteps):
+            raise ValueError(f"t must lie in [0, {self.num_train_timesteps - 1}]; got [{int(t.min())}, {int(t.max())}]")
 
     def features(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
         """Penultimate features: globally pooled activations of the last level.
@@ -152,7 +167,7 @@ class Classifier(nn.Module):
             float tensor (N, D) with D = ``self.feature_dim``.
 
         Raises:
-            ValueError: wrong shape or dtype of x or t, or t out of range.
+            ValueError: wrong shape or dtype of x or t (ranges are not read here: see :meth:`check_timesteps`).
         """
         t = self._check(x, t)
         emb = self.time_embed(t) if t is not None else None
@@ -172,146 +187,3 @@ class Classifier(nn.Module):
             float tensor (N, num_classes) of unnormalised log-probabilities.
         """
         return self.head(self.features(x, t))
-
-
-@dataclass
-class TrainingHistory:
-    """Per-step record of :func:`train_classifier`: cross-entropy loss (nats) and batch accuracy."""
-
-    losses: list[float] = field(default_factory=list)
-    accuracies: list[float] = field(default_factory=list)
-
-
-def train_classifier(model: Classifier, images: torch.Tensor, labels: torch.Tensor, *, steps: int = 500,
-                     batch_size: int = 128, lr: float = 2e-3, weight_decay: float = 1e-4,
-                     generator: torch.Generator | None = None, seed: int | None = None,
-                     device: str | torch.device = "auto", noise_schedule=None) -> TrainingHistory:
-    """Train ``model`` with cross-entropy on random minibatches (AdamW, cosine learning-rate decay).
-
-    With ``noise_schedule`` the classifier learns p(y | x_t, t) for classifier guidance
-    (Dhariwal & Nichol 2021, sec. 4): each image is noised to a uniformly drawn t with
-    x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, eps ~ N(0, I) (Ho et al. 2020, eq. 4).
-
-    Args:
-        model: the classifier, trained in place and left in eval mode on ``device``.
-        images: float tensor (N, C, H, W) in [-1, 1], any device.
-        labels: int64 tensor (N,) in [0, num_classes-1].
-        steps: optimisation steps (>= 1).
-        batch_size: minibatch size (>= 1; capped at N).
-        lr: peak learning rate of AdamW.
-        weight_decay: AdamW weight decay.
-        generator: CPU ``torch.Generator`` for batches, timesteps and noise; or
-        seed: seed of a fresh generator (used when ``generator`` is None; default 0).
-        device: "auto" (cuda, then mps, then cpu) or a torch device.
-        noise_schedule: None for a clean classifier, or an object with a float32 buffer
-            ``alphas_cumprod`` of shape (T,) (e.g. ``NoiseSchedule``); the model must then be
-            time-conditional.
-
-    Returns:
-        TrainingHistory with one loss and one batch accuracy per step.
-
-    Raises:
-        ValueError: mismatched or malformed images/labels, bad steps/batch_size, or a noise
-            schedule given to a classifier that is not time-conditional (or the reverse).
-    """
-    if images.ndim != 4 or not images.is_floating_point():
-        raise ValueError(f"images must be a float tensor (N, C, H, W); got {tuple(images.shape)} {images.dtype}")
-    labels = torch.as_tensor(labels)
-    if labels.shape != (images.shape[0],) or labels.is_floating_point():
-        raise ValueError(f"labels must be int64 of shape ({images.shape[0]},); got {tuple(labels.shape)} {labels.dtype}")
-    if labels.min() < 0 or labels.max() >= model.num_classes:
-        raise ValueError(f"labels must lie in [0, {model.num_classes - 1}]; got [{int(labels.min())}, {int(labels.max())}]")
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int; got {steps!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
-    if (noise_schedule is not None) != model.time_conditional:
-        raise ValueError("a noise_schedule needs a time-conditional classifier and vice versa; got "
-                         f"noise_schedule={'set' if noise_schedule is not None else None}, "
-                         f"time_conditional={model.time_conditional}")
-    if generator is None:
-        generator = torch.Generator().manual_seed(0 if seed is None else seed)
-    device = resolve_device(device)
-    model.to(device).train()
-    images, labels = images.to(device, torch.float32), labels.to(device, torch.long)
-    if noise_schedule is not None:
-        alphas_cumprod = noise_schedule.alphas_cumprod.to(device, torch.float32)
-        if model.num_train_timesteps is not None and len(alphas_cumprod) != model.num_train_timesteps:
-            raise ValueError(f"noise schedule has T={len(alphas_cumprod)}; the classifier expects "
-                             f"T={model.num_train_timesteps}")
-
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-    history = TrainingHistory()
-    batch_size = min(batch_size, images.shape[0])
-    for _ in range(steps):
-        idx = torch.randint(0, images.shape[0], (batch_size,), generator=generator).to(device)
-        x, y, t = images[idx], labels[idx], None
-        if noise_schedule is not None:
-            t = torch.randint(0, len(alphas_cumprod), (batch_size,), generator=generator).to(device)
-            eps = torch.randn(x.shape, generator=generator).to(device)
-            abar = alphas_cumprod[t].view(-1, 1, 1, 1)
-            x = abar.sqrt() * x + (1 - abar).sqrt() * eps
-        logits = model(x, t)
-        loss = F.cross_entropy(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        history.losses.append(loss.item())
-        history.accuracies.append((logits.argmax(1) == y).float().mean().item())
-    model.eval()
-    return history
-
-
-def save_classifier(model: Classifier, path: str | os.PathLike, meta: dict | None = None) -> Path:
-    """Write the classifier (config + weights + ``meta``) to one file, atomically.
-
-    Args:
-        model: the classifier.
-        path: destination file (parent folders are created).
-        meta: optional JSON-like dict stored alongside (dataset name, accuracy, ...).
-
-    Returns:
-        the path written.
-    """
-    payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": dict(model.config),
-               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "meta": dict(meta or {})}
-    return atomic_save(payload, path)
-
-
-def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Classifier, dict]:
-    """Load a file written by :func:`save_classifier`, validating it.
-
-    Args:
-        path: the file.
-        device: where to put the model ("auto" allowed).
-
-    Returns:
-        (model in eval mode on ``device``, meta dict).
-
-    Raises:
-        FileNotFoundError: if ``path`` does not exist.
-        ValueError: if the file is not a classifier checkpoint of a supported version, or its
-            weights do not match its config.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no classifier checkpoint at {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
-        raise ValueError(f"{path} is not a readable classifier checkpoint: {err}") from err
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a classifier checkpoint (format {CHECKPOINT_FORMAT!r} expected)")
-    if payload.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path} has classifier checkpoint version {payload.get('version')!r}; "
-                         f"this library reads version {CHECKPOINT_VERSION}")
-    config = dict(payload["config"])
-    config["channel_mults"] = tuple(config["channel_mults"])
-    model = Classifier(**config)
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as err:
-        raise ValueError(f"{path}: weights do not match the stored config: {err}") from err
-    return model.to(resolve_device(device)).eval(), dict(payload.get("meta", {}))

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from diffusion_lib import NoiseSchedule, schedules
-from diffusion_lib.forward_analysis import (MEASURES, correlation, ks_to_normal, registered_schedules, schedule_summary,
-                                            sliced_w2_to_normal, structure_horizon, structure_table, timestep_grid)
+from diffusion_lib.experiments.forward import (MEASURES, correlation, ks_to_normal, schedule_summary, sliced_w2_to_normal,
+                                               structure_horizon, structure_table, timestep_grid)
 
 
 def _generator(seed=0):
@@ -97,11 +97,11 @@ def test_structure_horizon_finds_the_first_crossing():
     assert list(structure_horizon(table).columns) == ["correlation", "ks"]  # no chance known: no accuracy column
 
 
-def test_registered_schedules_and_summary():
+def test_all_schedules_and_summary():
     name = "test_forward_analysis_constant"
     schedules.register_schedule(name)(lambda T: np.full(T, 3.0 / T))
     try:
-        scheds = registered_schedules(100)
+        scheds = schedules.all_schedules(100)
         assert list(scheds) == schedules.available_schedules() and name in scheds
         summary = schedule_summary(scheds)
         assert summary.loc[name, "alpha_bar@100%"] == pytest.approx(0.97 ** 100, rel=1e-5)

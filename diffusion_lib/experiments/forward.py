@@ -12,7 +12,9 @@ a batch of real images and measure:
   the sliced 2-Wasserstein distance ``sliced_w2`` of the images (as vectors in R^D) from N(0, I).
 
 :func:`structure_table` returns one row per (schedule, t); :func:`structure_horizon` turns it
-into "structure lasts until t = ..." per schedule.
+into "structure lasts until t = ..." per schedule; :func:`schedule_summary` tabulates each schedule's key
+numbers. The schedules to compare come from :func:`diffusion_lib.schedules.all_schedules` (one table of
+every registered schedule, built there once). These are the measurements notebook 02 plots.
 """
 
 from __future__ import annotations
@@ -25,25 +27,12 @@ import torch
 from scipy import stats
 from torch import nn
 
-from .device import randn
-from .diffusion import q_sample
-from .metrics import class_accuracy
-from .schedules import NoiseSchedule, available_schedules
+from ..device import randn
+from ..diffusion import q_sample
+from ..metrics.scores import class_accuracy
+from ..schedules import NoiseSchedule
 
 MEASURES = ("correlation", "accuracy", "mean", "std", "ks", "sliced_w2")
-
-
-def registered_schedules(num_train_timesteps: int = 1000) -> dict[str, NoiseSchedule]:
-    """One :class:`NoiseSchedule` per registered name (``available_schedules()``), so schedules a
-    student registers appear in every table and plot built from this dict.
-
-    Args:
-        num_train_timesteps: T of every schedule.
-
-    Returns:
-        dict name -> NoiseSchedule, in sorted name order.
-    """
-    return {name: NoiseSchedule(name, num_train_timesteps) for name in available_schedules()}
 
 
 def timestep_grid(num_train_timesteps: int, num: int = 20) -> list[int]:
@@ -111,7 +100,6 @@ def sliced_w2_to_normal(x: torch.Tensor, num_projections: int = 64, generator: t
 
 
 @torch.no_grad()
-@torch.no_grad()
 def structure_table(schedules: Mapping[str, NoiseSchedule], x0: torch.Tensor, labels: torch.Tensor | None = None,
                     classifier: nn.Module | None = None, timesteps: Sequence[int] | None = None,
                     seed: int = 0) -> pd.DataFrame:
@@ -121,7 +109,7 @@ def structure_table(schedules: Mapping[str, NoiseSchedule], x0: torch.Tensor, la
     from the schedules alone.
 
     Args:
-        schedules: name -> NoiseSchedule, all with the same T (e.g. :func:`registered_schedules`).
+        schedules: name -> NoiseSchedule, all with the same T (e.g. :func:`diffusion_lib.schedules.all_schedules`).
         x0: real images, float (N, C, H, W) in [-1, 1], N >= 2.
         labels: int64 (N,) classes of ``x0``; needed with ``classifier``.
         classifier: a classifier trained on clean images, ``classifier(x) -> logits (N, K)``, in eval mode;
@@ -138,7 +126,7 @@ def structure_table(schedules: Mapping[str, NoiseSchedule], x0: torch.Tensor, la
             classifier without labels.
     """
     if not schedules:
-        raise ValueError("schedules is empty; pass e.g. registered_schedules()")
+        raise ValueError("schedules is empty; pass e.g. diffusion_lib.schedules.all_schedules(T)")
     lengths = {s.num_train_timesteps for s in schedules.values()}
     if len(lengths) != 1:
         raise ValueError(f"all schedules must share T; got {sorted(lengths)}")
