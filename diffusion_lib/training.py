@@ -256,7 +256,7 @@ class Trainer:
         return terms
 
     def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The next batch of a seeded random permutation, reshuffled every epoch (labels only for a conditional model)."""
+        """The next batch of a seeded random permutation, reshuffled every epoch (labels: conditional models only)."""
         batch_size = min(self.config.training.batch_size, len(self.dataset))
         if self._cursor + batch_size > len(self._order):
             self._order = torch.randperm(len(self.dataset), generator=self.data_generator)

@@ -176,9 +176,9 @@ def run_notebook(path: str | Path, output_dir: str | Path = DEFAULT_OUTPUT, prof
         except Exception as exc:  # noqa: BLE001 - any failure of the notebook is reported in the table
             error = _first_error(exc)
         seconds = time.perf_counter() - start
-    if error is None:
-        problems = check_executed_notebook(output)
-        error = f"{problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "") if problems else None
+    problems = [] if error else check_executed_notebook(output)
+    if problems:
+        error = problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
     return NotebookResult(path.name, "failed" if error else "ok", seconds, error, output)
 
 
