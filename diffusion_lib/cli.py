@@ -1,14 +1,12 @@
 """Command line: ``python -m diffusion_lib {train, sample, ...}``. Run any command with ``--help``."""
 
+# Building the parser imports nothing heavy (``--help`` stays fast): torch and the library are
+# imported inside the command functions.
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-
-import torch
-
-from .data import DatasetUnavailableError
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -28,40 +26,61 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _diffusion_samples(loaded, args: argparse.Namespace, labels: torch.Tensor | None,
-                       device: torch.device) -> tuple[torch.Tensor, dict]:
-    """Sample a diffusion checkpoint in batches: the command's options, else the checkpoint config's.
+def _sampling_config(config, args: argparse.Namespace):
+    """The checkpoint config's :class:`~diffusion_lib.config.SamplingConfig` with the command's options on top.
+
+    DDPM without ``--num-inference-steps`` runs all T steps (the config's K is the DDIM default).
+
+    Raises:
+        ValueError: an option the sampling config rejects (named as ``sampling.<key>``).
+    """
+    import dataclasses
+
+    s = config.sampling
+    sampler = args.sampler or s.sampler
+    steps = args.num_inference_steps or (s.num_inference_steps if sampler == "ddim" else None)
+    s = s.override(guidance_scale=args.guidance_scale, eta=args.eta, variance_type=getattr(args, "variance_type", None),
+                   clip_sample=False if getattr(args, "no_clip", False) else None)
+    return dataclasses.replace(s, sampler=sampler, num_inference_steps=steps)
+
+
+def _diffusion_samples(loaded, args: argparse.Namespace, labels, device) -> tuple:
+    """Sample a diffusion checkpoint in batches with :func:`_sampling_config`'s settings.
+
+    Args:
+        labels: int64 (N,) class labels, or None for an unconditional model.
 
     Returns:
         (images float32 (N, C, H, W) in [-1, 1] on the CPU, the settings used: sampler,
         num_inference_steps, guidance_scale, eta).
     """
+    import torch
+
     from .sampling import sample
 
-    s, d = loaded.config.sampling, loaded.data
-    sampler = args.sampler or s.sampler
-    guidance = args.guidance_scale if args.guidance_scale is not None else (s.guidance_scale if labels is not None else 1.0)
-    steps = args.num_inference_steps or (s.num_inference_steps if sampler == "ddim" else None)
-    extra = ({"eta": s.eta if args.eta is None else args.eta} if sampler == "ddim"
-             else {"variance_type": getattr(args, "variance_type", "fixed_small")})
-    clip = s.clip_sample and not getattr(args, "no_clip", False)
+    d = loaded.data
+    kwargs = _sampling_config(loaded.config, args).sampler_kwargs(conditional=labels is not None)
     generator = torch.Generator().manual_seed(args.seed)  # CPU noise: the same samples on every device
     n, batch = args.num_samples, args.batch_size
     images = []
     for start in range(0, n, batch):
         y = labels[start:start + batch].to(device) if labels is not None else None
         shape = (min(batch, n - start), d["channels"], d["image_size"], d["image_size"])
-        images.append(sample(loaded.model, loaded.schedule, sampler, shape=shape, y=y, guidance_scale=guidance,
-                             num_inference_steps=steps, prediction_type=loaded.config.diffusion.prediction_type,
-                             clip_sample=clip, generator=generator, progress=not args.no_progress, **extra).images.cpu())
-    settings = dict(sampler=sampler, num_inference_steps=steps or loaded.schedule.num_train_timesteps,
-                    guidance_scale=guidance, eta=extra.get("eta"))
+        images.append(sample(loaded.model, loaded.schedule, shape=shape, y=y,
+                             prediction_type=loaded.config.diffusion.prediction_type, generator=generator,
+                             progress=not args.no_progress, **kwargs).images.cpu())
+    settings = dict(sampler=kwargs["sampler"],
+                    num_inference_steps=kwargs["num_inference_steps"] or loaded.schedule.num_train_timesteps,
+                    guidance_scale=kwargs["guidance_scale"], eta=kwargs.get("eta"))
     return torch.cat(images), settings
 
 
 def _sample(args: argparse.Namespace) -> int:
+    import torch
+
     from .checkpoint import load_model
     from .device import resolve_device
+    from .models import is_conditional
     from .sampling import cycle_labels
     from .viz import by_class, save_grid, save_npz
 
@@ -74,7 +93,7 @@ def _sample(args: argparse.Namespace) -> int:
     loaded = load_model(args.checkpoint, device=device, use_ema=not args.no_ema)
     if loaded.schedule is None:
         raise ValueError(f"{args.checkpoint} holds a {loaded.config.model.kind} model; `sample` needs a diffusion UNet")
-    num_classes = loaded.data["num_classes"] if getattr(loaded.model, "null_label", None) is not None else 0
+    num_classes = loaded.data["num_classes"] if is_conditional(loaded.model) else 0
     if args.labels is not None:
         if num_classes == 0:
             raise ValueError("--labels given, but the checkpoint holds an unconditional model")
@@ -102,11 +121,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     import time
     import warnings
 
+    import torch
+
     from .atomic import atomic_write_text
     from .checkpoint import load_model
     from .data import load_dataset
     from .device import resolve_device
     from .metrics import evaluate_samples, format_report
+    from .models import is_conditional
     from .sampling import cycle_labels
 
     n, batch_size = args.num_samples, args.batch_size
@@ -134,7 +156,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     else:
         if args.eta is not None and (args.sampler or config.sampling.sampler) != "ddim":
             raise ValueError(f"--eta applies to the DDIM sampler only; got --sampler {args.sampler or config.sampling.sampler}")
-        conditional = getattr(loaded.model, "null_label", None) is not None
+        conditional = is_conditional(loaded.model)
         if not conditional and args.guidance_scale not in (None, 0.0, 1.0):
             raise ValueError(f"--guidance-scale {args.guidance_scale} needs a class-conditional model")
         labels = cycle_labels(n, d["num_classes"]) if conditional else None
@@ -234,9 +256,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, ... (default auto)")
     ev.add_argument("--no-progress", action="store_true", help="hide the sampler's progress bar")
     ev.set_defaults(func=_evaluate)
-    from .notebooks import add_notebooks_command
+    from .course.notebooks import add_notebooks_command
     add_notebooks_command(commands)
     return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The errors reported as one line: bad values, missing files, and a missing dataset.
+
+    ``DatasetUnavailableError`` is looked up only if its module is loaded (a command that raised
+    it has loaded it), so parsing arguments never imports the data layer and torch.
+    """
+    sources = sys.modules.get(f"{__package__}.data.torchvision_sources")
+    return (ValueError, FileNotFoundError) + ((sources.DatasetUnavailableError,) if sources else ())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, DatasetUnavailableError) as error:
+    except _user_errors() as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -20,6 +20,7 @@ import yaml
 
 from .atomic import atomic_write_text
 from .diffusion import PREDICTION_TYPES
+from .sampling import TIMESTEP_SPACINGS, VARIANCE_TYPES
 from .schedules import available_schedules
 
 SAMPLER_NAMES = ("ddpm", "ddim")
@@ -157,29 +158,73 @@ class TrainingConfig:
 
 @dataclass
 class SamplingConfig:
-    """Defaults for sample grids during training and for ``python -m diffusion_lib sample``.
+    """The sampler's arguments: sample grids during training, ``sample`` / ``evaluate`` on the
+    command line, sweeps and notebooks all read them from here (:meth:`sampler_kwargs`).
 
     Attributes:
-        sampler: "ddpm" or "ddim".
-        num_inference_steps: K steps of the sampler.
-        guidance_scale: classifier-free guidance w (0 unconditional, 1 conditional, > 1 guided).
-        eta: DDIM stochasticity.
-        clip_sample: clip predicted x_0 to [-1, 1].
+        sampler: "ddpm" (Ho et al. 2020, Alg. 2) or "ddim" (Song et al. 2021, eq. 12).
+        num_inference_steps: K steps of the sampler, 1 <= K <= T; None (DDPM only) runs all T steps.
+        guidance_scale: classifier-free guidance w as in diffusers (0 unconditional, 1 conditional,
+            > 1 guided); Ho & Salimans' w is ours - 1. Used for conditional models only.
+        eta: DDIM stochasticity in [0, 1] (0 deterministic, 1 DDPM-like); DDIM only.
+        timestep_spacing: "leading", "trailing" or "linspace" (see ``sampling.inference_timesteps``).
+        variance_type: DDPM sigma_t^2, "fixed_small" (posterior variance) or "fixed_large" (beta_t); DDPM only.
+        clip_sample: clip predicted x_0 to [-1, 1] (eps re-derived from the clipped x_0).
         samples_per_class: columns of the per-class grid (unconditional models: images / 10).
     """
 
     sampler: str = "ddim"
-    num_inference_steps: int = 50
+    num_inference_steps: int | None = 50
     guidance_scale: float = 3.0
     eta: float = 0.0
+    timestep_spacing: str = "leading"
+    variance_type: str = "fixed_small"
     clip_sample: bool = True
     samples_per_class: int = 10
 
     def __post_init__(self):
         _require(self.sampler in SAMPLER_NAMES, f"sampling.sampler must be one of {list(SAMPLER_NAMES)}; got {self.sampler!r}")
-        _require(self.num_inference_steps >= 1, f"sampling.num_inference_steps must be >= 1; got {self.num_inference_steps}")
+        _require(self.num_inference_steps is None or self.num_inference_steps >= 1,
+                 f"sampling.num_inference_steps must be >= 1 (or null: all T steps); got {self.num_inference_steps}")
+        _require(self.num_inference_steps is not None or self.sampler == "ddpm",
+                 "sampling.num_inference_steps must be set for the DDIM sampler; got null")
         _require(self.guidance_scale >= 0, f"sampling.guidance_scale must be >= 0; got {self.guidance_scale}")
         _require(0.0 <= self.eta <= 1.0, f"sampling.eta must be in [0, 1]; got {self.eta}")
+        _require(self.timestep_spacing in TIMESTEP_SPACINGS, f"sampling.timestep_spacing must be one of "
+                 f"{list(TIMESTEP_SPACINGS)}; got {self.timestep_spacing!r}")
+        _require(self.variance_type in VARIANCE_TYPES,
+                 f"sampling.variance_type must be one of {list(VARIANCE_TYPES)}; got {self.variance_type!r}")
+        _require(self.samples_per_class >= 1, f"sampling.samples_per_class must be >= 1; got {self.samples_per_class}")
+
+    def override(self, **changes) -> "SamplingConfig":
+        """A validated copy with ``changes`` applied; a change whose value is None keeps the current value
+        (so optional command-line options can be passed straight through).
+
+        Raises:
+            ValueError: an unknown key, or a value ``__post_init__`` rejects (named as ``sampling.<key>``).
+        """
+        names = [f.name for f in dataclasses.fields(self)]
+        unknown = sorted(set(changes) - set(names))
+        _require(not unknown, f"unknown sampling setting(s) {unknown}; accepted: {names}")
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def sampler_kwargs(self, conditional: bool = True) -> dict:
+        """Keyword arguments for ``sampling.sample(model, schedule, shape=..., y=..., generator=..., **kwargs)``.
+
+        Args:
+            conditional: the model takes labels; an unconditional model samples with guidance_scale 1.0.
+
+        Returns:
+            sampler, num_inference_steps, guidance_scale, timestep_spacing, clip_sample, and ``eta``
+            (DDIM) or ``variance_type`` (DDPM). The model's ``prediction_type`` comes from the
+            diffusion config, not from here.
+        """
+        kwargs = dict(sampler=self.sampler, num_inference_steps=self.num_inference_steps,
+                      guidance_scale=self.guidance_scale if conditional else 1.0,
+                      timestep_spacing=self.timestep_spacing, clip_sample=self.clip_sample)
+        if self.sampler == "ddim":
+            return {**kwargs, "eta": self.eta}
+        return {**kwargs, "variance_type": self.variance_type}
 
 
 @dataclass

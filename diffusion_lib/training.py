@@ -1,7 +1,8 @@
 """The Trainer: batches, loss, AdamW, EMA, AMP, gradient clipping, logging, sample grids, checkpoints, resume.
 
 One loop trains both the diffusion UNet (the loss of :func:`diffusion_lib.diffusion.training_loss`)
-and the VAE baseline (its ELBO). Everything that decides what happens next (weights, EMA,
+and the VAE baseline (its ELBO): the kind's objective (:mod:`diffusion_lib.objectives`) gives the loss
+and the samples. Everything that decides what happens next (weights, EMA,
 optimizer, learning-rate schedule, step, every random generator and the data order) is saved in
 the checkpoint, so a resumed run continues exactly where the interrupted one stopped.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import csv
 import io
 import math
@@ -24,6 +26,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -33,10 +36,9 @@ from .atomic import atomic_write_text
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ExperimentConfig, save_config
 from .device import resolve_device
-from .diffusion import training_loss
-from .models import build_model
-from .sampling import cycle_labels, sample
-from .schedules import NoiseSchedule
+from .models import build_model, is_conditional
+from .objectives import build_objective
+from .sampling import cycle_labels
 from .viz import by_class, save_grid
 
 
@@ -99,6 +101,33 @@ def build_network(config: ExperimentConfig, channels: int, image_size: int, num_
     return build_model("unet", {**unet, "num_classes": num_classes if m.conditional else None})
 
 
+def check_labels(dataset, num_classes: int) -> None:
+    """Check once, before training, that every label of ``dataset`` is an integer in [0, num_classes - 1].
+
+    (The conditional UNet does not check labels at each forward pass: that would sync the GPU every step.)
+
+    Args:
+        dataset: has ``labels`` (int tensor (N,)) or ``get_batch(indices) -> (images, labels)``.
+        num_classes: K of the conditional model (label K is its null label, never a data label).
+
+    Raises:
+        ValueError: no labels, non-integer labels, or a label outside [0, K - 1] (the message names it).
+    """
+    labels = getattr(dataset, "labels", None)
+    if labels is None and not hasattr(dataset, "labels"):
+        labels = dataset.get_batch(torch.arange(len(dataset)))[1]
+    if labels is None:
+        raise ValueError("a conditional model needs labelled data; the dataset has no labels "
+                         "(set model.conditional=false)")
+    labels = torch.as_tensor(labels)
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ValueError(f"dataset labels must be integers in [0, {num_classes - 1}]; got dtype {labels.dtype}")
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if len(bad):
+        raise ValueError(f"dataset label {int(bad[0])} is outside [0, {num_classes - 1}] "
+                         f"({len(bad)} bad label(s) for a model of {num_classes} classes)")
+
+
 class Trainer:
     """Trains the model an :class:`ExperimentConfig` describes.
 
@@ -112,7 +141,9 @@ class Trainer:
         progress: show a tqdm progress bar.
 
     Raises:
-        ValueError: bad config, data that does not fit the model, or a resume checkpoint from another experiment.
+        ValueError: bad config, data that does not fit the model, labels outside [0, num_classes - 1] for a
+            conditional model (checked once here, not at every forward pass), or a resume checkpoint from
+            another experiment.
         FileNotFoundError: ``resume`` without a checkpoint.
     """
 
@@ -134,15 +165,15 @@ class Trainer:
 
             dataset, self.val_dataset = split_dataset(dataset, config.data.val_fraction, seed=config.training.seed)
         self.dataset = dataset
-        self.conditional = config.model.kind == "unet" and config.model.conditional
 
         torch.manual_seed(config.training.seed)
         self.model = build_network(config, dataset.channels, dataset.image_size, dataset.num_classes).to(self.device)
+        self.conditional = is_conditional(self.model)
+        if self.conditional:
+            check_labels(dataset, dataset.num_classes)
         self.ema = EMA(self.model, config.training.ema_decay)
-        self.schedule = None
-        if config.model.kind == "unet":
-            d = config.diffusion
-            self.schedule = NoiseSchedule(d.beta_schedule, d.num_train_timesteps, **d.schedule_kwargs).to(self.device)
+        self.objective = build_objective(config, self.device)
+        self.schedule = self.objective.schedule  # None for the VAE
         t = config.training
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -211,7 +242,7 @@ class Trainer:
         """One optimiser step on a batch; returns the loss terms as detached scalar tensors (no host sync)."""
         t = self.config.training
         with self._autocast():
-            loss, terms = self._loss(x0, y)
+            loss, terms = self.objective.loss(self.model, x0, y, self.generator)
         self.optimizer.zero_grad(set_to_none=True)
         self.grad_scaler.scale(loss).backward()
         if t.grad_clip > 0:
@@ -224,17 +255,8 @@ class Trainer:
         self.step += 1
         return terms
 
-    def _loss(self, x0: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        if self.schedule is None:  # VAE baseline: beta-weighted negative ELBO
-            out = self.model.loss(x0, beta=self.config.training.vae_beta, generator=self.generator)
-            return out.loss, {"loss": out.loss.detach(), "recon": out.recon.detach(), "kl": out.kl.detach()}
-        d = self.config.diffusion
-        out = training_loss(self.model, self.schedule, x0, y if self.conditional else None,
-                            prediction_type=d.prediction_type, p_uncond=d.p_uncond, generator=self.generator)
-        return out.loss, {"loss": out.loss.detach()}
-
     def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The next batch of a seeded random permutation, reshuffled every epoch."""
+        """The next batch of a seeded random permutation, reshuffled every epoch (labels: conditional models only)."""
         batch_size = min(self.config.training.batch_size, len(self.dataset))
         if self._cursor + batch_size > len(self._order):
             self._order = torch.randperm(len(self.dataset), generator=self.data_generator)
@@ -242,7 +264,7 @@ class Trainer:
         indices = self._order[self._cursor:self._cursor + batch_size]
         self._cursor += batch_size
         x0, y = self.dataset.get_batch(indices)
-        return x0.to(self.device, non_blocking=True), (y.to(self.device) if y is not None else None)
+        return x0.to(self.device, non_blocking=True), (y.to(self.device) if self.conditional else None)
 
     def _amp_dtype(self) -> torch.dtype | None:
         if not (self.config.training.amp and self.device.type == "cuda"):
@@ -261,8 +283,7 @@ class Trainer:
         if path.exists():
             with path.open(newline="") as handle:
                 rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= self.step]
-        fields = ["step", "loss", "recon", "kl", "lr", "images_per_sec"] if self.schedule is None else \
-            ["step", "loss", "lr", "images_per_sec"]
+        fields = ["step", *self.objective.log_fields, "lr", "images_per_sec"]
         kept = io.StringIO()
         writer = csv.DictWriter(kept, fieldnames=fields)
         writer.writeheader()
@@ -282,23 +303,18 @@ class Trainer:
     def generate(self, num_samples: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Samples from the EMA weights with the config's sampling settings (VAE: from the prior).
 
-        Conditional models cycle through the classes. Returns (images (N, C, H, W) in [-1, 1], labels or None).
+        Conditional models cycle through the classes; default count: ``sampling.samples_per_class`` per
+        class (10 rows for an unconditional model).
+
+        Returns:
+            (images float32 (N, C, H, W) in [-1, 1], int64 labels (N,) or None).
         """
-        s = self.config.sampling
         classes = max(self.dataset.num_classes, 1) if self.conditional else 10
-        num_samples = num_samples or s.samples_per_class * classes
+        num_samples = num_samples or self.config.sampling.samples_per_class * classes
         generator = torch.Generator(self.device).manual_seed(seed)
-        model = self.ema.model
-        if self.schedule is None:
-            return model.sample(num_samples, generator=generator), None
         labels = cycle_labels(num_samples, self.dataset.num_classes).to(self.device) if self.conditional else None
         shape = (num_samples, self.dataset.channels, self.dataset.image_size, self.dataset.image_size)
-        out = sample(model, self.schedule, s.sampler, shape=shape, y=labels,
-                     guidance_scale=s.guidance_scale if self.conditional else 1.0,
-                     num_inference_steps=s.num_inference_steps, clip_sample=s.clip_sample,
-                     prediction_type=self.config.diffusion.prediction_type, generator=generator,
-                     **({"eta": s.eta} if s.sampler == "ddim" else {}))
-        return out.images, labels
+        return self.objective.generate(self.ema.model, shape, labels, generator), labels
 
     def save_samples(self, path: Path) -> Path:
         """Write a grid of :meth:`generate`'s samples: one row per class for conditional models."""
@@ -372,3 +388,76 @@ class Trainer:
         self._order, self._cursor = rng["order"], rng["cursor"]
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+# Config keys that do not change the weights at a given step: a checkpoint that differs only here is reused.
+# (max_steps only says where to stop: a resumed run equals an uninterrupted one, so a shorter run is continued.)
+REUSABLE_DIFFERENCES = ("name", "training.max_steps", "training.device", "training.log_every",
+                        "training.sample_every", "training.checkpoint_every", "sampling.")
+
+
+def _weight_settings(config: ExperimentConfig) -> dict:
+    """``{dotted key: value}`` of the settings that shape the weights (all but :data:`REUSABLE_DIFFERENCES`)."""
+    flat = {f"{section}.{key}": value for section, values in config.to_dict().items() if isinstance(values, dict)
+            for key, value in values.items()}
+    return {k: v for k, v in flat.items() if not any(k == r or (r.endswith(".") and k.startswith(r))
+                                                    for r in REUSABLE_DIFFERENCES)}
+
+
+def load_or_train(config: ExperimentConfig | str | Path, output_dir: str | Path, overrides: Sequence[str] = (),
+                  device: str | torch.device = "auto", progress: bool = True, dataset=None):
+    """Load the model ``config`` describes from ``output_dir``, training it first if needed (for notebooks).
+
+    What happens, by the state of ``output_dir/checkpoints/last.ckpt``:
+
+    - it exists, was trained with the same settings and stopped at exactly ``training.max_steps``: loaded;
+    - same settings, fewer steps (an interrupted run, or max_steps raised): training resumes and finishes
+      (the result equals an uninterrupted run: the Trainer's resume is exact);
+    - it does not exist, it went past ``max_steps``, or a setting that shapes the weights differs (data,
+      model, diffusion, and training except max_steps/device/log_every/sample_every/checkpoint_every):
+      trained from scratch; the old checkpoint, log and samples in ``output_dir`` are overwritten.
+
+    The name and the ``sampling`` section never cause retraining; the returned ``config`` is the
+    requested one, so ``loaded.config.sampling.sampler_kwargs()`` gives the requested sampler settings.
+
+    Args:
+        config: an ExperimentConfig, or the path of a YAML config (e.g. ``configs/digits_cfg.yaml``).
+        output_dir: the run folder (config.yaml, log.csv, checkpoints/, samples/).
+        overrides: dotted ``key=value`` strings applied on top of ``config`` (as ``--set``).
+        device: where to train and load: "auto" (cuda, mps, cpu) or a device; it overrides
+            ``training.device`` and never causes retraining.
+        progress: show the training progress bar.
+        dataset: the training data (default: ``load_dataset`` from ``config.data``), as for :class:`Trainer`.
+
+    Returns:
+        :class:`~diffusion_lib.checkpoint.LoadedModel` with the EMA weights in eval mode on ``device``.
+
+    Raises:
+        ValueError: a bad config or override; a corrupt or foreign checkpoint (it is not overwritten).
+        FileNotFoundError: a config path that does not exist.
+    """
+    from .checkpoint import load_model
+    from .config import apply_overrides, from_dict, load_config
+
+    if isinstance(config, ExperimentConfig):
+        config = from_dict(ExperimentConfig, apply_overrides(config.to_dict(), list(overrides)))
+    else:
+        config = load_config(config, list(overrides))
+    device = resolve_device(device)
+    config = dataclasses.replace(config, training=dataclasses.replace(config.training, device=str(device)))
+    output_dir = Path(output_dir)
+    path = output_dir / "checkpoints" / "last.ckpt"
+    resume = False
+    if path.exists():
+        state = load_checkpoint(path)
+        same = _weight_settings(from_dict(ExperimentConfig, state["config"])) == _weight_settings(config)
+        resume = same and state["step"] <= config.training.max_steps
+        if resume and state["step"] == config.training.max_steps:
+            loaded = load_model(path, device=device)
+            loaded.config = config
+            return loaded
+    trainer = Trainer(config, output_dir, dataset=dataset, resume=resume, progress=progress)
+    trainer.train()
+    loaded = load_model(trainer.checkpoint_path, device=device)
+    loaded.config = config
+    return loaded

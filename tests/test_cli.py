@@ -83,3 +83,74 @@ def test_every_command_documents_every_option():
 def test_module_help_runs():
     result = subprocess.run([sys.executable, "-m", "diffusion_lib", "sample", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "--guidance-scale" in result.stdout
+
+
+HEAVY = ("torch", "torchvision", "matplotlib", "pandas")
+
+
+def _imported_heavy(args: list[str]) -> list[str]:
+    """Run ``python -X importtime ARGS``; return the heavy modules it imported (importtime lines on stderr)."""
+    result = subprocess.run([sys.executable, "-X", "importtime", *args], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    names = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")]
+    assert names, "no -X importtime output"
+    return sorted({name for name in names if name.split(".")[0] in HEAVY})
+
+
+def _help_commands() -> list[list[str]]:
+    """Every command and sub-command of the parser, as argv prefixes."""
+    commands = [[]]
+    for name, parser in build_parser()._subparsers._group_actions[0].choices.items():
+        commands.append([name])
+        for action in parser._actions:
+            if isinstance(action, type(build_parser()._subparsers._group_actions[0])):
+                commands += [[name, sub] for sub in action.choices]
+    return commands
+
+
+def test_help_of_every_command_does_not_import_torch():
+    commands = _help_commands()
+    assert ["notebooks", "check"] in commands and ["evaluate"] in commands
+    for command in commands:
+        assert _imported_heavy(["-m", "diffusion_lib", *command, "--help"]) == [], command
+
+
+def test_import_is_lazy_and_public_names_still_resolve():
+    assert _imported_heavy(["-c", "import diffusion_lib; print(diffusion_lib.__version__)"]) == []
+    code = ("import sys, diffusion_lib; assert 'torch' not in sys.modules; "
+            "assert diffusion_lib.UNet(base_channels=8, channel_mults=(1,), attention_levels=()) is not None; "
+            "assert 'torch' in sys.modules and 'UNet' in dir(diffusion_lib); "
+            "from diffusion_lib import Trainer, SamplingConfig, load_or_train, viz")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_package_namespace_lists_every_public_name():
+    import diffusion_lib
+
+    for name in diffusion_lib.__all__:
+        assert getattr(diffusion_lib, name) is not None, name
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        diffusion_lib.nope  # noqa: B018
+
+
+def test_sample_ddpm_runs_all_steps_unless_told(checkpoint, tmp_path, capsys):
+    out = tmp_path / "d.npz"
+    assert main(["sample", "--checkpoint", str(checkpoint), "--num-samples", "2", "--sampler", "ddpm", "--out",
+                 str(out), "--no-progress", "--variance-type", "fixed_large"]) == 0
+    assert "ddpm, steps=100" in capsys.readouterr().out  # T = 100 in the tiny config
+    assert main(["sample", "--checkpoint", str(checkpoint), "--num-samples", "2", "--eta", "1.5", "--out",
+                 str(out), "--no-progress"]) == 2
+    assert "sampling.eta must be in [0, 1]" in capsys.readouterr().err
+
+
+def test_a_missing_dataset_is_a_one_line_error(monkeypatch, capsys):
+    from diffusion_lib import cli
+    from diffusion_lib.data import DatasetUnavailableError
+
+    def train(args):
+        raise DatasetUnavailableError("flowers102 is not in datasets/; download it with ...")
+
+    monkeypatch.setattr(cli, "_train", train)
+    assert main(["train", "--config", "configs/digits_cfg.yaml"]) == 2
+    assert "error: flowers102 is not in datasets/" in capsys.readouterr().err

@@ -49,3 +49,48 @@ def test_bad_override_syntax():
         load_config(None, ["training.max_steps"])
     with pytest.raises(ValueError, match=r"unknown config key\(s\) \['training.nope'\]"):
         load_config(None, ["training.nope=1"])
+
+
+@pytest.mark.parametrize("text, message", [
+    ("sampling:\n  timestep_spacing: middle\n", "sampling.timestep_spacing must be one of"),
+    ("sampling:\n  variance_type: learned\n", "sampling.variance_type must be one of"),
+    ("sampling:\n  eta: 2\n", r"sampling.eta must be in \[0, 1\]"),
+    ("sampling:\n  num_inference_steps: null\n", "must be set for the DDIM sampler"),
+])
+def test_bad_sampling_settings_name_the_key(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_config(path)
+
+
+def test_sampler_kwargs_follow_the_sampler_and_the_model():
+    from diffusion_lib.config import SamplingConfig
+
+    ddim = SamplingConfig(sampler="ddim", num_inference_steps=20, guidance_scale=2.5, eta=0.3)
+    assert ddim.sampler_kwargs() == dict(sampler="ddim", num_inference_steps=20, guidance_scale=2.5,
+                                         timestep_spacing="leading", clip_sample=True, eta=0.3)
+    assert ddim.sampler_kwargs(conditional=False)["guidance_scale"] == 1.0  # no labels, no guidance
+    ddpm = ddim.override(sampler="ddpm", variance_type="fixed_large", eta=None)
+    assert ddpm.sampler_kwargs() == dict(sampler="ddpm", num_inference_steps=20, guidance_scale=2.5,
+                                         timestep_spacing="leading", clip_sample=True, variance_type="fixed_large")
+    assert ddpm.eta == 0.3  # None keeps the current value
+    assert SamplingConfig(sampler="ddpm", num_inference_steps=None).sampler_kwargs()["num_inference_steps"] is None
+    with pytest.raises(ValueError, match=r"unknown sampling setting\(s\) \['steps'\]"):
+        ddim.override(steps=3)
+    with pytest.raises(ValueError, match="sampling.guidance_scale must be >= 0"):
+        ddim.override(guidance_scale=-1.0)
+
+
+def test_sampler_kwargs_run_the_sampler(tiny_unet_model):
+    import torch
+
+    from diffusion_lib import NoiseSchedule, sample
+    from diffusion_lib.config import SamplingConfig
+
+    schedule = NoiseSchedule("linear", 20)
+    for settings in (SamplingConfig(num_inference_steps=4, eta=0.5),
+                     SamplingConfig(sampler="ddpm", num_inference_steps=None, timestep_spacing="trailing")):
+        out = sample(tiny_unet_model, schedule, shape=(2, 1, 8, 8), generator=torch.Generator().manual_seed(0),
+                     **settings.sampler_kwargs(conditional=False))
+        assert out.images.shape == (2, 1, 8, 8)

@@ -6,7 +6,7 @@ import pytest
 
 from diffusion_lib.diffusion import training_loss
 from diffusion_lib.sampling import ddim_sample, ddpm_sample
-from diffusion_lib.teaching import region_source
+from diffusion_lib.course.regions import region_source, show_region
 
 
 @pytest.mark.parametrize("func, line", [
@@ -42,3 +42,9 @@ def test_missing_or_repeated_markers_and_unreadable_source_raise():
         region_source(_two_starts)
     with pytest.raises(ValueError, match="cannot read the source"):
         region_source(len)
+
+
+def test_show_region_renders_the_region_as_highlighted_python():
+    code = show_region(ddpm_sample)
+    assert code.data == region_source(ddpm_sample)
+    assert "<div" in code._repr_html_()  # the notebook shows it highlighted, not as text

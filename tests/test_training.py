@@ -170,3 +170,93 @@ def test_atomic_writes_have_the_usual_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert path.read_text() == "hello" and (path.stat().st_mode & 0o777) == (0o666 & ~umask)
+
+
+class _Labelled:
+    """A dataset-like object (not an ImageDataset, which validates its own labels) with given labels."""
+
+    def __init__(self, base, labels):
+        self.base, self.labels = base, torch.as_tensor(labels)
+        self.channels, self.image_size, self.num_classes = base.channels, base.image_size, base.num_classes
+        self.class_names = base.class_names
+
+    def __len__(self):
+        return len(self.labels)
+
+    def get_batch(self, indices):
+        return self.base.get_batch(indices)[0], self.labels[indices]
+
+
+def test_labels_are_checked_once_at_the_trainer_entry(tmp_path, digits):
+    labels = digits.labels[:40].clone()
+    labels[7] = 10  # the null label of a 10-class model is never a data label
+    with pytest.raises(ValueError, match=r"dataset label 10 is outside \[0, 9\]"):
+        Trainer(tiny_config("training.max_steps=1"), tmp_path, dataset=_Labelled(digits, labels), progress=False)
+    labels[7] = -1
+    with pytest.raises(ValueError, match=r"dataset label -1 is outside \[0, 9\]"):
+        Trainer(tiny_config("training.max_steps=1"), tmp_path, dataset=_Labelled(digits, labels), progress=False)
+    with pytest.raises(ValueError, match="must be integers"):
+        Trainer(tiny_config("training.max_steps=1"), tmp_path, dataset=_Labelled(digits, labels.float()),
+                progress=False)
+    labels[7] = 3  # unconditional models never read the labels
+    Trainer(tiny_config("training.max_steps=1", "model.conditional=false"), tmp_path,
+            dataset=_Labelled(digits, labels * 0 + 99), progress=False)
+
+
+def test_each_model_kind_has_one_objective_interface(tmp_path, digits):
+    from diffusion_lib.objectives import DiffusionObjective, VAEObjective, build_objective
+
+    unet = Trainer(tiny_config("training.max_steps=1"), tmp_path / "u", dataset=digits, progress=False)
+    vae = Trainer(tiny_config("training.max_steps=1", "model.kind=vae", "model.conditional=false"), tmp_path / "v",
+                  dataset=digits, progress=False)
+    assert isinstance(unet.objective, DiffusionObjective) and unet.schedule is unet.objective.schedule
+    assert isinstance(vae.objective, VAEObjective) and vae.schedule is None
+    for trainer, fields in ((unet, ("loss",)), (vae, ("loss", "recon", "kl"))):
+        x0, y = trainer._next_batch()
+        loss, terms = trainer.objective.loss(trainer.model, x0, y, trainer.generator)
+        assert tuple(terms) == fields == trainer.objective.log_fields and loss.requires_grad
+        images, labels = trainer.generate(num_samples=3)
+        assert images.shape == (3, 1, 8, 8)
+    config = tiny_config()
+    config.model.kind = "gan"  # bypasses validation on purpose
+    with pytest.raises(ValueError, match="model.kind 'gan' has no objective; accepted: \\['unet', 'vae'\\]"):
+        build_objective(config, torch.device("cpu"))
+
+
+def test_generate_reads_the_sampling_config(tmp_path, digits):
+    trainer = Trainer(tiny_config("training.max_steps=1", "sampling.sampler=ddpm", "sampling.num_inference_steps=4"),
+                      tmp_path, dataset=digits, progress=False)
+    first, labels = trainer.generate(num_samples=4, seed=3)
+    again, _ = trainer.generate(num_samples=4, seed=3)
+    assert torch.equal(first, again) and labels.tolist() == [0, 1, 2, 3]
+    from diffusion_lib.sampling import sample
+
+    expected = sample(trainer.ema.model, trainer.schedule, shape=(4, 1, 8, 8), y=labels,
+                      generator=torch.Generator().manual_seed(3), **trainer.config.sampling.sampler_kwargs())
+    assert torch.equal(first, expected.images)
+
+
+def test_load_or_train_trains_once_then_loads(tmp_path, digits):
+    from diffusion_lib.training import load_or_train
+
+    overrides = TINY + ["training.max_steps=3"]
+    first = load_or_train("configs/digits_cfg.yaml", tmp_path, overrides, device="cpu", progress=False, dataset=digits)
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    assert first.step == 3 and not first.model.training and ckpt.exists()
+    stamp = ckpt.stat().st_mtime_ns
+    # same weights settings; sampling, logging and the name differ: loaded, not retrained
+    again = load_or_train("configs/digits_cfg.yaml", tmp_path,
+                          overrides + ["sampling.num_inference_steps=7", "training.log_every=1", "name=other"],
+                          device="cpu", progress=False, dataset=digits)
+    assert ckpt.stat().st_mtime_ns == stamp and again.config.sampling.num_inference_steps == 7
+    torch.testing.assert_close(params(again.model), params(first.model))
+    # more steps: resumed, and equal to an uninterrupted 5-step run
+    longer = load_or_train(tiny_config("training.max_steps=5"), tmp_path, device="cpu", progress=False, dataset=digits)
+    straight = Trainer(tiny_config("training.max_steps=5"), tmp_path / "straight", dataset=digits, progress=False)
+    straight.train()
+    assert longer.step == 5 and torch.equal(params(longer.model), params(straight.ema.model))
+    # another objective: retrained from scratch
+    other = load_or_train(tiny_config("training.max_steps=2", "diffusion.prediction_type=v_prediction"), tmp_path,
+                          device="cpu", progress=False, dataset=digits)
+    assert other.step == 2 and other.config.diffusion.prediction_type == "v_prediction"
+    assert load_model(ckpt).config.diffusion.prediction_type == "v_prediction"

@@ -2,7 +2,8 @@
 
     python -m diffusion_lib notebooks run                       # every notebook, smoke profile
     python -m diffusion_lib notebooks run 02 04 --profile full  # by number (prefix) or file name
-    python -m diffusion_lib notebooks check                     # outputs stripped, one `parameters` cell, ...
+    python -m diffusion_lib notebooks check                     # clean and thin: see check_notebook
+    python -m diffusion_lib notebooks check --executed outputs/notebooks   # figures rendered as images
 
 Each notebook runs in a fresh kernel of *this* interpreter (a temporary kernelspec whose argv is
 ``sys.executable``, with this copy of ``diffusion_lib`` first on its path), from its own folder,
@@ -17,6 +18,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -30,6 +32,12 @@ PROFILES = ("smoke", "full")
 DEFAULT_OUTPUT = Path("outputs") / "notebooks"
 KERNEL_NAME = "diffusion-lib-runner"
 KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
+PARAMETERS_TAG = "parameters"  # papermill's tag: the one cell of knobs
+EXERCISE_TAG = "exercise"      # a cell where the student writes code: exempt from the thin-notebook rules
+MAX_CELL_LINES = 15            # non-blank lines of a code cell
+FIGURE_AS_TEXT = "<Figure size"
+_DEF = re.compile(r"^\s*(async\s+)?def\s", re.MULTILINE)
+_PLT = re.compile(r"\bplt\.")
 
 
 @dataclass
@@ -47,7 +55,7 @@ class NotebookResult:
 def default_notebook_dir() -> Path:
     """``./notebooks`` if it exists, else the ``notebooks`` folder beside the ``diffusion_lib`` package."""
     here = Path("notebooks")
-    return here if here.is_dir() else Path(__file__).resolve().parent.parent / "notebooks"
+    return here if here.is_dir() else Path(__file__).resolve().parents[2] / "notebooks"
 
 
 def find_notebooks(names: Sequence[str] | None = None, directory: str | Path | None = None) -> list[Path]:
@@ -93,7 +101,7 @@ def interpreter_kernel() -> Iterator[str]:
     Yields:
         The kernel name to give papermill.
     """
-    package_root = str(Path(__file__).resolve().parent.parent)
+    package_root = str(Path(__file__).resolve().parents[2])
     python_path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
     data_root = str(Path(os.environ.get("DIFFUSION_LIB_DATA") or Path.cwd() / "datasets").resolve())
     spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
@@ -129,7 +137,7 @@ def _first_error(error: BaseException) -> str:
 def run_notebook(path: str | Path, output_dir: str | Path = DEFAULT_OUTPUT, profile: str = "smoke",
                  parameters: dict | None = None, timeout: float | None = None,
                  kernel_name: str | None = None) -> NotebookResult:
-    """Execute one notebook with papermill.
+    """Execute one notebook with papermill; then check the executed copy (:func:`check_executed_notebook`).
 
     Args:
         path: the stored notebook (unchanged by the run).
@@ -140,7 +148,8 @@ def run_notebook(path: str | Path, output_dir: str | Path = DEFAULT_OUTPUT, prof
         kernel_name: a kernelspec to use; default a temporary one for this interpreter (:func:`interpreter_kernel`).
 
     Returns:
-        :class:`NotebookResult`; failures are reported, not raised.
+        :class:`NotebookResult`; failures are reported, not raised. A notebook that runs but shows a
+        figure as text (``<Figure size ...>``) has status "failed" and that problem as its error.
 
     Raises:
         ValueError: unknown profile.
@@ -167,6 +176,9 @@ def run_notebook(path: str | Path, output_dir: str | Path = DEFAULT_OUTPUT, prof
         except Exception as exc:  # noqa: BLE001 - any failure of the notebook is reported in the table
             error = _first_error(exc)
         seconds = time.perf_counter() - start
+    problems = [] if error else check_executed_notebook(output)
+    if problems:
+        error = problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
     return NotebookResult(path.name, "failed" if error else "ok", seconds, error, output)
 
 
@@ -210,14 +222,8 @@ def format_table(results: Sequence[NotebookResult]) -> str:
     return "\n".join(lines)
 
 
-def check_notebook(path: str | Path) -> list[str]:
-    """Problems of a stored notebook (empty list: clean).
-
-    Checked: valid nbformat 4; no outputs and no execution counts; exactly one code cell tagged
-    ``parameters`` that sets ``PROFILE``, one assignment per line and no other "=" (papermill's parser);
-    kernelspec metadata {"name": "python3", "display_name":
-    "Python 3", "language": "python"}; no papermill metadata; a first markdown cell with "Learning
-    objectives"; a last markdown cell with "Questions".
+def _read(path: str | Path):
+    """``(notebook, [])`` for a valid notebook file, ``(None, [problem])`` for an unreadable one.
 
     Raises:
         FileNotFoundError: no such file.
@@ -231,8 +237,98 @@ def check_notebook(path: str | Path) -> list[str]:
         nb = nbformat.read(path, as_version=nbformat.NO_CONVERT)
         nbformat.validate(nb)
     except Exception as error:  # noqa: BLE001 - any unreadable notebook is one problem
-        return [f"not a valid notebook: {type(error).__name__}: {error}"]
+        return None, [f"not a valid notebook: {type(error).__name__}: {error}"]
+    return nb, []
+
+
+def _tags(cell) -> list[str]:
+    return list(cell.get("metadata", {}).get("tags", []))
+
+
+def thin_notebook_problems(nb) -> list[str]:
+    """Where a notebook does computation that belongs in the library (empty list: thin).
+
+    Every code cell except the ``parameters`` cell and cells tagged ``exercise`` (where the
+    student writes code; add the tag in JupyterLab's property inspector or
+    ``cell.metadata["tags"]``) must have no ``def`` (functions belong in the library), no
+    ``plt.`` (figures come from ``diffusion_lib.viz``) and at most ``MAX_CELL_LINES`` (15)
+    non-blank lines.
+
+    Args:
+        nb: an nbformat 4 notebook (``nbformat.read(...)`` or ``nbformat.v4.new_notebook(...)``).
+
+    Returns:
+        One line per problem, naming the cell index.
+    """
     problems = []
+    for i, cell in enumerate(nb.cells):
+        tags = _tags(cell)
+        if cell.cell_type != "code" or PARAMETERS_TAG in tags or EXERCISE_TAG in tags:
+            continue
+        source = cell.source
+        if _DEF.search(source):
+            problems.append(f"cell {i} defines a function (`def`); move it into the library "
+                            f"(or tag the cell {EXERCISE_TAG!r} if the student writes it)")
+        if _PLT.search(source):
+            problems.append(f"cell {i} calls `plt.` directly; draw the figure with a diffusion_lib.viz function")
+        lines = sum(1 for line in source.splitlines() if line.strip())
+        if lines > MAX_CELL_LINES:
+            problems.append(f"cell {i} has {lines} non-blank lines; at most {MAX_CELL_LINES} "
+                            "(split it, or move the computation into the library)")
+    return problems
+
+
+def executed_notebook_problems(nb) -> list[str]:
+    """Problems of an executed notebook (the runner's output copy): figures shown as text.
+
+    An output (``display_data`` / ``execute_result``) whose ``text/plain`` contains
+    ``<Figure size`` and that carries no ``image/*`` data means the kernel printed a matplotlib
+    Figure's repr instead of drawing it (the inline backend was never switched on). A rendered
+    figure also has that text/plain, next to its image/png: that is fine.
+
+    Args:
+        nb: an nbformat 4 notebook with outputs.
+
+    Returns:
+        One line per problem: "cell N: figure rendered as text (<Figure size ...>)".
+    """
+    problems = []
+    for i, cell in enumerate(nb.cells):
+        for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            data = output.get("data", {})
+            text = data.get("text/plain", "")
+            text = "".join(text) if isinstance(text, list) else text
+            if FIGURE_AS_TEXT in text and not any(mime.startswith("image/") for mime in data):
+                shown = " ".join(line.strip() for line in text.splitlines() if FIGURE_AS_TEXT in line)
+                problems.append(f"cell {i}: figure rendered as text ({shown[:80]})")
+    return problems
+
+
+def check_executed_notebook(path: str | Path) -> list[str]:
+    """:func:`executed_notebook_problems` of a file (empty list: every figure is an image).
+
+    Raises:
+        FileNotFoundError: no such file.
+    """
+    nb, problems = _read(path)
+    return problems if nb is None else executed_notebook_problems(nb)
+
+
+def check_notebook(path: str | Path) -> list[str]:
+    """Problems of a stored notebook (empty list: clean).
+
+    Checked: valid nbformat 4; no outputs and no execution counts; exactly one code cell tagged
+    ``parameters`` that sets ``PROFILE``, one assignment per line and no other "=" (papermill's parser);
+    kernelspec metadata {"name": "python3", "display_name":
+    "Python 3", "language": "python"}; no papermill metadata; a first markdown cell with "Learning
+    objectives"; a last markdown cell with "Questions"; thin code cells (:func:`thin_notebook_problems`).
+
+    Raises:
+        FileNotFoundError: no such file.
+    """
+    nb, problems = _read(path)
+    if nb is None:
+        return problems
     if nb.nbformat != 4:
         problems.append(f"nbformat {nb.nbformat}; expected 4")
     cells = nb.cells
@@ -241,7 +337,7 @@ def check_notebook(path: str | Path) -> list[str]:
             problems.append(f"cell {i} has outputs or an execution count (strip them: nbstripout)")
         if "papermill" in cell.metadata or "execution" in cell.metadata:
             problems.append(f"cell {i} carries papermill/execution metadata")
-    tagged = [i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", [])]
+    tagged = [i for i, c in enumerate(cells) if PARAMETERS_TAG in _tags(c)]
     if len(tagged) != 1:
         problems.append(f"{len(tagged)} cells are tagged 'parameters'; expected exactly 1")
     elif cells[tagged[0]].cell_type != "code" or "PROFILE" not in cells[tagged[0]].source:
@@ -260,7 +356,7 @@ def check_notebook(path: str | Path) -> list[str]:
         problems.append("the first cell must be markdown with 'Learning objectives'")
     if not cells or cells[-1].cell_type != "markdown" or "question" not in cells[-1].source.lower():
         problems.append("the last cell must be markdown with questions for students ('Questions')")
-    return problems
+    return problems + thin_notebook_problems(nb)
 
 
 # ----- command line -------------------------------------------------------------------------------
@@ -285,8 +381,10 @@ def _run(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     bad = 0
-    for path in find_notebooks(args.names, args.dir):
-        problems = check_notebook(path)
+    directory = args.executed or args.dir
+    check = check_executed_notebook if args.executed else check_notebook
+    for path in find_notebooks(args.names, directory):
+        problems = check(path)
         bad += bool(problems)
         print(f"{path.name}: " + ("ok" if not problems else "\n  " + "\n  ".join(problems)))
     return 1 if bad else 0
@@ -318,9 +416,16 @@ def add_notebooks_command(commands: argparse._SubParsersAction) -> argparse.Argu
     run.add_argument("--timeout", type=float, help="seconds allowed per cell (default: no limit)")
     run.set_defaults(func=_run)
 
-    check = sub.add_parser("check", help="check stored notebooks: no outputs, one parameters cell, kernelspec, ...")
+    check = sub.add_parser(
+        "check", help="check stored notebooks: no outputs, one parameters cell, kernelspec, thin cells, ...",
+        description="Stored notebooks: no outputs, one 'parameters' cell, kernelspec, objectives and questions, and "
+                    f"thin code cells (no def, no plt., at most {MAX_CELL_LINES} non-blank lines; the parameters "
+                    f"cell and cells tagged {EXERCISE_TAG!r} are exempt). With --executed: the runner's executed "
+                    "copies show every figure as an image, never as '<Figure size ...>' text. Exit 1 on any problem.")
     check.add_argument("names", nargs="*", metavar="NAME", help="notebook file names or prefixes (default: all)")
     check.add_argument("--dir", help="folder of the notebooks (default ./notebooks)")
+    check.add_argument("--executed", metavar="DIR",
+                       help=f"check the executed copies in DIR (e.g. {DEFAULT_OUTPUT}) for figures rendered as text")
     check.set_defaults(func=_check)
 
     listing = sub.add_parser("list", help="list the notebooks")

@@ -1,9 +1,12 @@
-"""Helpers for the course notebooks: show the library's own code instead of copying it.
+"""Regions that teach: show the library's own code in the notebooks instead of copying it.
 
 The training step (``diffusion.training_loss``) and the sampling loops (``sampling.ddpm_sample``,
 ``sampling.ddim_sample``) keep their core lines between a line ``# Start`` and a line ``# End``.
-Notebook 04 prints those regions with :func:`region_source`, so what students read is always
-the code that runs.
+Notebook 04 shows those regions with :func:`show_region` (the text: :func:`region_source`), so
+what students read is always the code that runs::
+
+    from diffusion_lib.course.regions import show_region
+    show_region(training_loss)       # last expression of a cell: highlighted source
 """
 
 from __future__ import annotations
@@ -42,3 +45,24 @@ def region_source(func: Callable, dedent: bool = True) -> str:
                          f"found {len(starts)} start and {len(ends)} end markers")
     region = "\n".join(lines[starts[0] + 1:ends[0]]) + "\n"
     return textwrap.dedent(region) if dedent else region
+
+
+def show_region(func: Callable):
+    """The ``# Start`` / ``# End`` region of ``func`` as an ``IPython.display.Code`` object.
+
+    As the last expression of a notebook cell (or passed to ``display``) it renders as
+    syntax-highlighted Python; ``str()`` of it is the plain source.
+
+    Args:
+        func: as :func:`region_source`.
+
+    Returns:
+        ``IPython.display.Code`` of the dedented region, language "python".
+
+    Raises:
+        ValueError: as :func:`region_source`.
+        ImportError: IPython is not installed (it comes with the ``notebooks`` extra).
+    """
+    from IPython.display import Code
+
+    return Code(region_source(func), language="python")
