@@ -14,6 +14,7 @@ import torch
 from diffusion_lib.checkpoint import load_model
 from diffusion_lib.config import load_config
 from diffusion_lib.device import resolve_device
+from diffusion_lib.models import is_conditional
 from diffusion_lib.sampling import cycle_labels, sample
 from diffusion_lib.schedules import NoiseSchedule
 from diffusion_lib.training import build_network
@@ -37,7 +38,7 @@ def main() -> None:
         channels, size, classes = 1, config.data.image_size, 10
         model = build_network(config, channels, size, classes).to(device).eval()
         schedule = NoiseSchedule(config.diffusion.beta_schedule, config.diffusion.num_train_timesteps).to(device)
-    labels = cycle_labels(args.num_samples, classes) if getattr(model, "null_label", None) is not None else None
+    labels = cycle_labels(args.num_samples, classes) if is_conditional(model) else None
     guidance = args.guidance_scale if labels is not None else 1.0
     shape = (args.num_samples, channels, size, size)
     print(f"device {device}, {args.num_samples} samples of {channels}x{size}x{size}, guidance_scale {guidance}")

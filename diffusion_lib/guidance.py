@@ -12,7 +12,7 @@ Classifier guidance (Dhariwal & Nichol 2021, eq. 14) shifts the predicted noise 
 gradient of a noise-conditioned classifier: eps^ = eps - s sqrt(1 - alpha_bar_t) grad log p(y | x_t).
 
 The samplers in :mod:`diffusion_lib.sampling` apply these rules step by step; the experiments that
-sweep the scales live in :mod:`diffusion_lib.experiments.guidance_sweep`.
+sweep the scales live in :mod:`diffusion_lib.experiments.guidance`.
 """
 
 from __future__ import annotations

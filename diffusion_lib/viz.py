@@ -354,7 +354,7 @@ def plot_guidance_sweep(table: pd.DataFrame, scale: str = "scale", method: str =
 
     Args:
         table: one row per (method, scale) with the metric columns, e.g. from
-            :func:`diffusion_lib.guidance.guidance_sweep`.
+            :func:`diffusion_lib.experiments.guidance_sweep`.
         scale: the column holding the guidance scale.
         method: the column naming the guidance method (one line each).
         metrics: metric columns; with two of them a last panel plots the first against the second (the

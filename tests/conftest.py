@@ -59,7 +59,7 @@ def smoke_run(tmp_path_factory):
     Returns a function ``run(path) -> (NotebookResult, output_dir)`` where ``output_dir`` is the
     notebook's ``OUTPUT_DIR``. The hub is marked offline so pipeline sections take their offline path.
     """
-    from diffusion_lib.notebooks import run_notebook
+    from diffusion_lib.course.notebooks import run_notebook
 
     root = tmp_path_factory.mktemp("notebooks")
     results = {}

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from diffusion_lib.experiments.guidance_sweep import guidance_sweep, within_class_diversity
+from diffusion_lib.experiments.guidance import guidance_sweep, within_class_diversity
 from diffusion_lib.guidance import classifier_log_prob_grad
 from diffusion_lib.models.classifier import Classifier
 from diffusion_lib.sampling import ddim_sample, ddpm_sample, predict_x0_and_eps

@@ -15,7 +15,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_outp
 
 import diffusion_lib
 from diffusion_lib import cli
-from diffusion_lib.notebooks import (KERNELSPEC, check_notebook, find_notebooks, format_table, run_notebook,
+from diffusion_lib.course.notebooks import (KERNELSPEC, check_notebook, find_notebooks, format_table, run_notebook,
                                      run_notebooks)
 
 ROOT = Path(__file__).resolve().parent.parent

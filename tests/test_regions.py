@@ -10,7 +10,7 @@ import pytest
 
 from diffusion_lib.diffusion import training_loss
 from diffusion_lib.sampling import ddim_sample, ddpm_sample
-from diffusion_lib.teaching import region_source
+from diffusion_lib.course.regions import region_source
 
 MAX_LINES, MAX_CHARS = 15, 100
 CITATION = re.compile(r"(eq\.|Alg\.)")

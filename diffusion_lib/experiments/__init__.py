@@ -1,7 +1,7 @@
 """Measurements the notebooks plot: one call per experiment, returning tables and tensors.
 
 - :mod:`.forward`: how long each noise schedule keeps the data structured (notebook 02);
-- :mod:`.guidance_sweep`: guidance strength against class accuracy and diversity (notebook 05);
+- :mod:`.guidance`: guidance strength against class accuracy and diversity (notebook 05);
 - :mod:`.samplers`: samplers x steps x eta x guidance from one starting noise, timed and scored (notebook 07).
 
 Every name is re-exported here and loaded on first use, so ``import diffusion_lib.experiments`` is cheap.
@@ -14,7 +14,7 @@ import importlib
 _EXPORTS = {
     "forward": ("MEASURES", "timestep_grid", "correlation", "ks_to_normal", "sliced_w2_to_normal", "structure_table",
                 "structure_horizon", "schedule_summary"),
-    "guidance_sweep": ("guidance_sweep", "SweepResult", "within_class_diversity"),
+    "guidance": ("guidance_sweep", "SweepResult", "within_class_diversity"),
     "samplers": ("SamplerSetting", "SamplerSweep", "settings_grid", "sampler_sweep", "pipeline_sweep", "seed_spread"),
 }
 _HOME = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -31,7 +31,8 @@ from tqdm.auto import tqdm
 
 from ..device import randn
 from ..diffusion import check_prediction_type, eps_from_x0, prediction_to_x0_eps, v_from_x0_eps
-from ..sampling import SamplerOutput, check_guidance_inputs, guided_prediction
+from ..guidance import check_guidance_inputs, guided_prediction
+from ..sampling import SamplerOutput
 from ..schedules import NoiseSchedule
 
 SCHEDULERS: dict[str, type[SchedulerMixin]] = {
