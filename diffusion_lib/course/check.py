@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,16 +48,42 @@ class TestRun:
         return "failing"
 
 
+PLUGIN_MODULE = "_course_test_report"
+
+
+def write_plugin(folder: Path) -> Path:
+    """Copy the report plugin into ``folder`` as its own module (never the copy inside a student's tree)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{PLUGIN_MODULE}.py"
+    target.write_text(Path(__file__).with_name("pytest_report.py").read_text(encoding="utf-8"), encoding="utf-8")
+    return target
+
+
 def run_pytest(root: Path, targets: list[str], *, timeout_s: float, env: dict | None = None,
-               plugin: str = "diffusion_lib.course.pytest_report", report_path: Path | None = None,
-               python: str = sys.executable, preexec_fn=None) -> TestRun:
-    """Run pytest on ``targets`` in ``root`` in its own process group; kill the group after ``timeout_s``."""
-    if report_path is None:
-        handle, name = tempfile.mkstemp(prefix="course-report-", suffix=".jsonl")
-        os.close(handle)
-        report_path = Path(name)
-    report_path.write_text("")
+               report_path: Path | None = None, python: str = sys.executable, preexec_fn=None) -> TestRun:
+    """Run pytest on ``targets`` in ``root`` in its own process group; kill the group after ``timeout_s``.
+
+    ``env`` must put a folder holding the plugin (see :func:`write_plugin`) on PYTHONPATH; without
+    ``env`` and ``report_path`` a temporary folder is used.
+    """
     run_env = dict(os.environ if env is None else env)
+    scratch = None
+    if report_path is None:
+        scratch = tempfile.mkdtemp(prefix="course-check-")
+        write_plugin(Path(scratch))
+        report_path = Path(scratch) / "report.jsonl"
+        run_env["PYTHONPATH"] = os.pathsep.join([scratch, str(root)] + [
+            p for p in run_env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    try:
+        return _run_pytest(root, targets, timeout_s, run_env, report_path, python, preexec_fn)
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run_pytest(root, targets, timeout_s, run_env, report_path, python, preexec_fn) -> TestRun:
+    plugin = PLUGIN_MODULE
+    report_path.write_text("")
     run_env["COURSE_TEST_REPORT"] = str(report_path)
     run_env.setdefault("PYTHONDONTWRITEBYTECODE", "1")
     command = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", plugin, "--rootdir", str(root),
@@ -152,9 +179,7 @@ def check(root: str | Path = ".", run_notebooks: bool = False, *, timeout_s: flo
                "annotations": "", "notebook": "", "status": "manual", "first_failure": ""}
         statuses = []
         if task.tests:
-            run = run_pytest(root, list(task.tests), timeout_s=timeout_s,
-                             env=dict(os.environ, PYTHONPATH=os.pathsep.join(
-                                 [str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])))
+            run = run_pytest(root, list(task.tests), timeout_s=timeout_s)
             row["tests_passed"], row["tests_failed"] = len(run.passed), len(run.failed)
             row["first_failure"] = (f"{run.failed[0][0]}: {run.failed[0][1]}" if run.failed else "")[:200]
             statuses.append(run.status)

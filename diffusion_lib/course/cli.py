@@ -29,8 +29,8 @@ def _handin(args) -> int:
 
 def _grade(args) -> int:
     from .grade import grade
-    grade(args.submissions, args.output, args.repo, timeout_s=args.timeout,
-          memory_mb=args.memory_mb or None)
+    grade(args.submissions, args.output, args.repo, timeout_s=args.timeout, notebook_timeout_s=args.notebook_timeout,
+          memory_mb=args.memory_mb or None, jobs=args.jobs)
     return 0
 
 
@@ -71,7 +71,10 @@ def add_course_command(subparsers) -> None:
     grd.add_argument("submissions", help="folder of <student-id>.tar.gz / .zip archives")
     grd.add_argument("--output", default="grading", help="output folder (default: grading)")
     grd.add_argument("--repo", default=".", help="instructor repository (default: current folder)")
-    grd.add_argument("--timeout", type=float, default=300, help="seconds per task's tests / notebook (default 300)")
+    grd.add_argument("--timeout", type=float, default=300, help="seconds for one task's tests (default 300)")
+    grd.add_argument("--notebook-timeout", type=float, default=600,
+                     help="seconds for one homework notebook's execution (default 600)")
+    grd.add_argument("--jobs", type=int, default=1, help="submissions graded at once (default 1)")
     grd.add_argument("--memory-mb", type=int, default=16384,
                      help="address-space limit of a submission in MB; 0 = none (default 16384)")
     grd.set_defaults(func=_grade)

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import annotations as ann
-from .check import TestRun, run_pytest
+from .check import TestRun, run_pytest, write_plugin
 from .handin import ALLOWED_FOLDERS
 from .release import is_nbgrader_notebook, release
 from .tasks import Course, load_course
@@ -65,7 +65,8 @@ NEVER_NAMES = {"conftest.py", "pytest.ini", "tox.ini", "setup.cfg", "pyproject.t
 
 @dataclass
 class Limits:
-    timeout_s: float = 300.0          # wall time per task run / notebook
+    timeout_s: float = 300.0          # wall time of one task's tests
+    notebook_timeout_s: float = 600.0 # wall time of one notebook's execution
     memory_mb: int | None = 16384     # address space (None: unlimited; CUDA needs a large one)
     file_mb: int = 512                # largest file a submission may write
     nproc: int = 256                  # processes of the sandbox user (only applied when dropping privileges)
@@ -179,15 +180,39 @@ def accepted(rel: str, course: Course) -> bool:
 
 # ------------------------------------------------------------------------------------- sandbox
 
-def _sandbox_user(limits: Limits) -> tuple[int, int] | None:
+def sandbox_available(user: str = "nobody") -> tuple[bool, str]:
+    """Whether tests can run as ``user``: the grader is root, the user exists and can start this Python
+    with pytest (an interpreter under a private home folder cannot be run by another user)."""
+    import subprocess
     if os.geteuid() != 0:
+        return False, "the grader is not root, so it cannot switch to an unprivileged user"
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return False, f"no user {user!r} on this machine"
+    probe = Limits(timeout_s=60, user=user)
+    try:
+        subprocess.run([sys.executable, "-c", "import pytest"], cwd="/", check=True, capture_output=True,
+                       timeout=60, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/"},
+                       preexec_fn=_preexec(probe, (entry.pw_uid, entry.pw_gid)))
+    except (OSError, subprocess.SubprocessError) as error:
+        return False, f"user {user!r} cannot run {sys.executable} with pytest ({type(error).__name__}: {error})"
+    return True, ""
+
+
+def _sandbox_user(limits: Limits, verbose: bool = True) -> tuple[int, int] | None:
+    ok, why = sandbox_available(limits.user)
+    if not ok:
+        if os.geteuid() == 0 and verbose:
+            print(f"WARNING: submissions run as root because {why}; they could change files this user can "
+                  f"write. Install Python where {limits.user!r} can run it (e.g. the course image).", file=sys.stderr)
         return None
     entry = pwd.getpwnam(limits.user)
     return entry.pw_uid, entry.pw_gid
 
 
-def _preexec(limits: Limits, ids: tuple[int, int] | None):
-    cpu = int(limits.timeout_s) + 5
+def _preexec(limits: Limits, ids: tuple[int, int] | None, wall_s: float | None = None):
+    cpu = int(wall_s or limits.timeout_s) + 5
 
     def apply() -> None:
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
@@ -312,6 +337,8 @@ def write_gradebook(path: Path, assignment: str, layout, submissions: list[Submi
         from nbgrader.api import Gradebook, MissingEntry
     except ImportError as error:  # pragma: no cover - depends on the environment
         raise RuntimeError("nbgrader is needed for the gradebook: pip install -r requirements.txt") from error
+    if shutil.which("alembic") is None:  # nbgrader runs the `alembic` command on a new gradebook
+        os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     with Gradebook(f"sqlite:///{path}") as gb:
         gb.update_or_create_assignment(assignment)
         for notebook, cells in layout.items():
@@ -397,17 +424,19 @@ def _grade_tests(task, ws: Path, support: Path, env: dict, limits: Limits, ids) 
     if ids is not None:
         os.chown(report.parent, *ids)
         os.chown(report, *ids)
-    return run_pytest(ws, list(task.tests), timeout_s=limits.timeout_s, env=env, plugin="_course_grader_report",
-                      report_path=report, preexec_fn=_preexec(limits, ids))
+    return run_pytest(ws, list(task.tests), timeout_s=limits.timeout_s, env=env, report_path=report,
+                      preexec_fn=_preexec(limits, ids))
 
 
 def _run_in_sandbox(command: list[str], ws: Path, env: dict, limits: Limits, ids) -> tuple[bool, str]:
     import subprocess
     from .check import _kill_group
+    wall = limits.notebook_timeout_s
     process = subprocess.Popen(command, cwd=ws, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_preexec(limits, ids))
+                               stdin=subprocess.DEVNULL, start_new_session=True,
+                               preexec_fn=_preexec(limits, ids, wall))
     try:
-        out, _ = process.communicate(timeout=limits.timeout_s)
+        out, _ = process.communicate(timeout=wall)
         timed_out = False
     except subprocess.TimeoutExpired:
         timed_out = True
@@ -506,7 +535,7 @@ def _grade_submission(sub: Submission, archive: Path, base: Path, work: Path, su
         tagged = any("parameters" in c.get("metadata", {}).get("tags", []) for c in _nb_cells(merged))
         timed_out, output = _run_in_sandbox(
             [sys.executable, str(runner), str(merged_path), str(executed_path), str(student_path.parent),
-             json.dumps({"PROFILE": "smoke"} if tagged else {}), str(limits.timeout_s)], ws, env, limits, ids)
+             json.dumps({"PROFILE": "smoke"} if tagged else {}), str(limits.notebook_timeout_s)], ws, env, limits, ids)
         timed_out_any |= timed_out
         try:
             if executed_path.stat().st_size > 50 * 2**20:
@@ -531,8 +560,15 @@ def _grade_submission(sub: Submission, archive: Path, base: Path, work: Path, su
 
 
 def grade(submissions_dir: str | Path, output_dir: str | Path, repo_root: str | Path = ".", *,
-          timeout_s: float = 300.0, memory_mb: int | None = 16384, verbose: bool = True):
+          timeout_s: float = 300.0, notebook_timeout_s: float = 600.0, memory_mb: int | None = 16384,
+          jobs: int = 1, verbose: bool = True):
     """Grade every file in ``submissions_dir`` (see the module docstring); returns the grades table.
+
+    Args:
+        timeout_s: wall-time limit of one task's tests (a hanging task scores 0, the others still run).
+        notebook_timeout_s: wall-time limit of one homework notebook's execution.
+        memory_mb: address-space limit per process (None: none).
+        jobs: submissions graded at once (each in its own copy and processes; results do not depend on it).
 
     Writes ``output_dir``/gradebook.db (nbgrader), grades.csv and feedback/<student>.md.
     """
@@ -543,8 +579,8 @@ def grade(submissions_dir: str | Path, output_dir: str | Path, repo_root: str | 
     if not submissions_dir.is_dir():
         raise FileNotFoundError(f"no submissions folder {submissions_dir}")
     course = load_course(repo_root)
-    limits = Limits(timeout_s=timeout_s, memory_mb=memory_mb)
-    ids = _sandbox_user(limits)
+    limits = Limits(timeout_s=timeout_s, notebook_timeout_s=notebook_timeout_s, memory_mb=memory_mb)
+    ids = _sandbox_user(limits, verbose)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "feedback").mkdir(exist_ok=True)
     assignment = _sanitize(course.raw.get("assignment") or "coursework")
@@ -555,8 +591,7 @@ def grade(submissions_dir: str | Path, output_dir: str | Path, repo_root: str | 
         base = release(repo_root, work / "base", keep_hidden=True, verbose=False)
         support = work / "support"
         support.mkdir()
-        (support / "_course_grader_report.py").write_text(
-            (Path(__file__).with_name("pytest_report.py")).read_text(encoding="utf-8"), encoding="utf-8")
+        write_plugin(support)
         (support / "_course_nb_runner.py").write_text(_NOTEBOOK_RUNNER, encoding="utf-8")
         for path in [work / "subs", work / "extract"]:
             path.mkdir()
@@ -575,6 +610,7 @@ def grade(submissions_dir: str | Path, output_dir: str | Path, repo_root: str | 
 
         submissions: list[Submission] = []
         seen: set[str] = set()
+        todo = []
         for archive in sorted(p for p in submissions_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
             sid, error = student_id(archive)
             if sid in seen:
@@ -583,16 +619,36 @@ def grade(submissions_dir: str | Path, output_dir: str | Path, repo_root: str | 
             sub = Submission(sid, archive.name)
             if error:
                 sub.status, sub.note = "rejected", error
-            else:
-                _grade_submission(sub, archive, base, work, support, course, reference, source_notebooks, limits, ids)
-                shutil.rmtree(work / "subs" / sid, ignore_errors=True)
+            submissions.append(sub)
+            todo.append((sub, archive))
+
+        def one(item) -> Submission:
+            sub, archive = item
+            if sub.status == "graded":
+                try:
+                    _grade_submission(sub, archive, base, work, support, course, reference, source_notebooks,
+                                      limits, ids)
+                except Exception as error:  # noqa: BLE001 - one broken submission never stops the batch
+                    sub.status, sub.note = "error", f"the grader failed on this submission: {type(error).__name__}: {error}"
+                finally:
+                    shutil.rmtree(work / "subs" / sub.student, ignore_errors=True)
+                    shutil.rmtree(work / "extract" / sub.student, ignore_errors=True)
             if sub.status != "graded":
                 sub.task_scores = {t.id: 0.0 for t in course.tasks if t.autograded}
-            submissions.append(sub)
-            (output_dir / "feedback" / f"{sid}.md").write_text(_feedback(sub, course, layout), encoding="utf-8")
+                sub.cell_scores = {}
+            (output_dir / "feedback" / f"{sub.student}.md").write_text(_feedback(sub, course, layout), encoding="utf-8")
             if verbose:
                 total = sum(sub.task_scores.values()) + sum(v or 0 for v in sub.cell_scores.values())
-                print(f"{sid}: {sub.status} {total:.2f}" + (f" ({sub.note})" if sub.note else ""))
+                print(f"{sub.student}: {sub.status} {total:.2f}" + (f" ({sub.note})" if sub.note else ""), flush=True)
+            return sub
+
+        if jobs > 1:
+            from concurrent.futures import ThreadPoolExecutor
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                list(pool.map(one, todo))
+        else:
+            for item in todo:
+                one(item)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -1,7 +1,7 @@
 """A tiny pytest plugin: one JSON line per test outcome, appended to ``$COURSE_TEST_REPORT``.
 
-Used by ``course check`` (``-p diffusion_lib.course.pytest_report``) and copied verbatim into the
-grader's own support folder for ``course grade`` (so a submission's copy of this file is never used).
+Copied verbatim (as ``_course_test_report``) into a temporary folder by ``course check`` and into the
+grader's support folder by ``course grade`` (so a submission's copy of this file is never used).
 Lines are flushed as tests finish, so a run killed by its time limit still reports what it finished.
 """
 
