@@ -350,3 +350,17 @@ def test_grade_end_to_end(course, tmp_path):
     assert again[1:] == [line for line in first.splitlines()[1:] if line.startswith(("notarchive,", "wrong,"))]
     if not sandboxed:
         pytest.skip(f"sentinel part not checked: {why_not}")
+
+
+def test_course_cli_help_is_light():
+    # the course commands add no heavy import of their own (torch only if the package itself loads it)
+    code = ("import argparse, sys\nimport diffusion_lib\nbefore = set(sys.modules)\n"
+            "from diffusion_lib.course.cli import add_course_command\n"
+            "p = argparse.ArgumentParser(); add_course_command(p.add_subparsers())\n"
+            "try:\n    p.parse_args(['course', 'grade', '--help'])\nexcept SystemExit:\n    pass\n"
+            "new = {m.split('.')[0] for m in set(sys.modules) - before}\n"
+            "assert not new & {'torch', 'nbgrader', 'pandas', 'nbformat', 'yaml'}, new\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert run.returncode == 0, run.stderr
+    assert "--notebook-timeout" in run.stdout

@@ -203,7 +203,11 @@ def sandbox_available(user: str = "nobody") -> tuple[bool, str]:
 def _sandbox_user(limits: Limits, verbose: bool = True) -> tuple[int, int] | None:
     ok, why = sandbox_available(limits.user)
     if not ok:
-        if os.geteuid() == 0 and verbose:
+        if os.geteuid() != 0 and verbose:
+            print(f"note: the grader is not root, so submissions run as {pwd.getpwuid(os.geteuid()).pw_name} "
+                  "(rlimits and time limits still apply); run it as root to sandbox them as an unprivileged user",
+                  file=sys.stderr)
+        elif verbose:
             print(f"WARNING: submissions run as root because {why}; they could change files this user can "
                   f"write. Install Python where {limits.user!r} can run it (e.g. the course image).", file=sys.stderr)
         return None

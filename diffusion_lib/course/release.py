@@ -243,11 +243,13 @@ def release(repo_root: str | Path = ".", output_dir: str | Path | None = None, f
         ann.write_reference(root, sorted(annotation_files), root / ANNOTATIONS_FILE)
 
     files = list_files(root, excluded)
+    stubs = 0
     for rel in files:
         source, target = root / rel, out / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         if source.suffix == ".py":
             text = source.read_text(encoding="utf-8")
+            stubs += sum(r.kind == "solution" for r in markers.find_regions(text, rel))
             target.write_text(release_python_text(text, rel, course, keep_hidden=keep_hidden,
                                                   annotation_file=rel in annotation_files), encoding="utf-8")
             shutil.copymode(source, target)
@@ -268,8 +270,6 @@ def release(repo_root: str | Path = ".", output_dir: str | Path | None = None, f
     if leaks:
         raise ValueError(f"release {out} is not clean ({len(leaks)} leaks):\n  " + "\n  ".join(leaks[:50]))
     if verbose:
-        stubs = sum(1 for rel in files if rel.endswith(".py") and "NotImplementedError" in (out / rel).read_text(
-            encoding="utf-8"))
-        print(f"released {len(files)} files to {out} ({stubs} Python files with stubs, "
+        print(f"released {len(files)} files to {out} ({stubs} solution regions replaced by stubs, "
               f"{sum(len(v) for v in reference.values())} annotation slots); leak check passed")
     return out
