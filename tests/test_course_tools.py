@@ -171,6 +171,7 @@ def _solve_notebook(path: Path, body: str = "    return x * x") -> None:
 def course(tmp_path_factory):
     from diffusion_lib.course.release import release
 
+    pytest.importorskip("nbgrader", reason="nbgrader (requirements.txt) runs the notebooks' generate step")
     base = tmp_path_factory.mktemp("course")
     repo = build_course(base / "repo")
     out = release(repo, base / "release", verbose=False)
@@ -274,8 +275,12 @@ def _replace(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new))
 
 
-def test_grade_end_to_end(course, tmp_path):
+@pytest.fixture(scope="module")
+def graded(course, tmp_path_factory):
+    """One grade run over six submissions: untouched, solved, wrong, looping, malicious, not an archive."""
     from diffusion_lib.course.grade import grade, sandbox_available
+
+    tmp_path = tmp_path_factory.mktemp("grading")
 
     repo = course["repo"]
     (tmp_path / "subs").mkdir()
@@ -313,24 +318,28 @@ def test_grade_end_to_end(course, tmp_path):
     out = tmp_path / "grading"
     grade(tmp_path / "subs", out, repo, timeout_s=TIMEOUT, notebook_timeout_s=NB_TIMEOUT, jobs=2, verbose=False)
     rows = {r["student"]: r for r in csv.DictReader((out / "grades.csv").open())}
-    assert sorted(rows) == ["looping", "malicious", "notarchive", "solved", "untouched", "wrong"]
+    return {"rows": rows, "out": out, "subs": tmp_path / "subs", "sentinel": sentinel,
+            "sandbox": sandbox_available(), "tmp": tmp_path}
 
-    full = {"task_1": "1.00", "task_2b": "0.50", "task_3.2a": "1.00", "part1:test_square": "1.00"}
+
+FULL = {"task_1": "1.00", "task_2b": "0.50", "task_3.2a": "1.00", "part1:test_square": "1.00"}
+
+
+def test_grade_scores_and_feedback(graded):
+    rows, out, full = graded["rows"], graded["out"], FULL
+    assert sorted(rows) == ["looping", "malicious", "notarchive", "solved", "untouched", "wrong"]
     assert {k: rows["solved"][k] for k in full} == full
     assert rows["solved"]["auto_total"] == rows["solved"]["auto_max"] == "3.50"
     assert {k: rows["untouched"][k] for k in full} == dict.fromkeys(full, "0.00")
     assert {k: rows["wrong"][k] for k in full} == full | {"task_3.2a": "0.00"}
     feedback = (out / "feedback/wrong.md").read_text()
-    assert "test_add_hidden_order" in feedback and "visit every element once" in feedback
+    assert "failed check `coursework/tests/test_part3.py::test_add_hidden_order`" in feedback
+    assert "| visit every element once, in order | visit every element once, in order | yes |" in feedback
     assert {k: rows["looping"][k] for k in full} == full | {"task_1": "0.00"}
     assert "time limit" in rows["looping"]["note"]
+    assert "timed out" in (out / "feedback/looping.md").read_text()
     assert rows["notarchive"]["status"] == "rejected" and "not a .tar.gz/.zip archive" in rows["notarchive"]["note"]
     assert rows["notarchive"]["auto_total"] == "0.00"
-    sandboxed, why_not = sandbox_available()
-    if sandboxed:
-        assert sentinel.read_text() == "keep me"
-        assert {k: rows["malicious"][k] for k in full} == full
-    first = (out / "grades.csv").read_text()
 
     from nbgrader.api import Gradebook
     with Gradebook(f"sqlite:///{out / 'gradebook.db'}") as gb:
@@ -339,18 +348,30 @@ def test_grade_end_to_end(course, tmp_path):
         assert gb.find_comment("grader_status", "library", "coursework", "notarchive").auto_comment.startswith(
             "rejected: not a .tar.gz/.zip archive")
         assert gb.find_grade("task_3.2a", "library", "coursework", "wrong").score == 0
+        assert gb.find_grade("analysis", "part1", "coursework", "solved").max_score == 0.5
 
-    # deterministic: the same folder graded again (here its two cheapest submissions) gives the same lines
-    keep = tmp_path / "subs2"
+
+def test_grade_twice_gives_the_same_lines(graded, course):
+    from diffusion_lib.course.grade import grade
+
+    first = (graded["out"] / "grades.csv").read_text()
+    keep = graded["tmp"] / "subs2"
     keep.mkdir()
-    for name in ("wrong.tar.gz", "notarchive.txt"):
-        shutil.copyfile(tmp_path / "subs" / name, keep / name)
-    grade(keep, out, repo, timeout_s=TIMEOUT, notebook_timeout_s=NB_TIMEOUT, verbose=False)
-    again = (out / "grades.csv").read_text().splitlines()
+    for name in ("wrong.tar.gz", "notarchive.txt"):  # the two cheapest submissions, graded again
+        shutil.copyfile(graded["subs"] / name, keep / name)
+    again_dir = graded["tmp"] / "again"
+    grade(keep, again_dir, course["repo"], timeout_s=TIMEOUT, notebook_timeout_s=NB_TIMEOUT, verbose=False)
+    again = (again_dir / "grades.csv").read_text().splitlines()
+    assert again[0] == first.splitlines()[0]
     assert again[1:] == [line for line in first.splitlines()[1:] if line.startswith(("notarchive,", "wrong,"))]
-    if not sandboxed:
-        pytest.skip(f"sentinel part not checked: {why_not}")
 
+
+def test_grade_sandbox_keeps_instructor_files(graded):
+    sandboxed, why_not = graded["sandbox"]
+    if not sandboxed:
+        pytest.skip(f"sandbox not available here: {why_not}")
+    assert graded["sentinel"].read_text() == "keep me"
+    assert {k: graded["rows"]["malicious"][k] for k in FULL} == FULL
 
 def test_course_cli_help_is_light():
     # the course commands add no heavy import of their own (torch only if the package itself loads it)
