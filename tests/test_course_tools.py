@@ -318,8 +318,9 @@ def graded(course, tmp_path_factory):
     out = tmp_path / "grading"
     grade(tmp_path / "subs", out, repo, timeout_s=TIMEOUT, notebook_timeout_s=NB_TIMEOUT, jobs=2, verbose=False)
     rows = {r["student"]: r for r in csv.DictReader((out / "grades.csv").open())}
-    return {"rows": rows, "out": out, "subs": tmp_path / "subs", "sentinel": sentinel,
-            "sandbox": sandbox_available(), "tmp": tmp_path}
+    yield {"rows": rows, "out": out, "subs": tmp_path / "subs", "sentinel": sentinel,
+           "sandbox": sandbox_available(), "tmp": tmp_path}
+    shutil.rmtree(sentinel_dir, ignore_errors=True)
 
 
 FULL = {"task_1": "1.00", "task_2b": "0.50", "task_3.2a": "1.00", "part1:test_square": "1.00"}
