@@ -258,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=_evaluate)
     from .course.notebooks import add_notebooks_command
     add_notebooks_command(commands)
+    from .course.cli import add_course_command; add_course_command(commands)  # coursework: release/check/handin/grade
     return parser
 
 

@@ -1,0 +1,80 @@
+"""``python -m diffusion_lib course {release, check, handin, grade}``.
+
+The handlers import their modules lazily, so ``--help`` imports neither torch nor nbgrader.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _release(args) -> int:
+    from .release import release
+    release(args.repo, args.output, force=args.force)
+    return 0
+
+
+def _check(args) -> int:
+    from .check import check
+    table = check(args.root, run_notebooks=args.notebooks, timeout_s=args.timeout)
+    return 0 if all(str(s).startswith(("done", "manual")) for s in table["status"]) else 1
+
+
+def _handin(args) -> int:
+    from .handin import handin
+    handin(args.root, args.output, include=tuple(args.include or ()), max_file_mb=args.max_file_mb,
+           max_total_mb=args.max_total_mb)
+    return 0
+
+
+def _grade(args) -> int:
+    from .grade import grade
+    grade(args.submissions, args.output, args.repo, timeout_s=args.timeout, notebook_timeout_s=args.notebook_timeout,
+          memory_mb=args.memory_mb or None, jobs=args.jobs)
+    return 0
+
+
+def add_course_command(subparsers) -> None:
+    """Register ``course`` and its four subcommands on the top-level CLI's subparsers."""
+    course = subparsers.add_parser(
+        "course", help="coursework: release the student copy, self-check, hand in, grade",
+        description="Coursework tools (format: coursework/tasks.yaml, solution regions marked with nbgrader's "
+                    "markers, # Start/# End annotation regions). Instructor: release, grade. Student: check, handin.")
+    commands = course.add_subparsers(dest="course_command", required=True, metavar="{release,check,handin,grade}")
+
+    rel = commands.add_parser("release", help="write the student release (stubs, empty annotation slots, "
+                                              "no hidden tests), then verify nothing leaked")
+    rel.add_argument("--repo", default=".", help="instructor repository (default: current folder)")
+    rel.add_argument("--output", help="release folder (default: ../<repo name>-student)")
+    rel.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    rel.set_defaults(func=_release)
+
+    chk = commands.add_parser("check", help="student self-check: public tests, annotation slots, notebooks; "
+                                            "a table of what is done (exit 1 while something is not)")
+    chk.add_argument("--root", default=".", help="the release folder (default: current folder)")
+    chk.add_argument("--notebooks", action="store_true", help="also execute the homework notebooks (smoke profile)")
+    chk.add_argument("--timeout", type=float, default=600, help="seconds per task's tests / notebook (default 600)")
+    chk.set_defaults(func=_check)
+
+    hand = commands.add_parser("handin", help="pack changed library files, notebooks, answers and chosen outputs "
+                                              "into one archive with MANIFEST.json")
+    hand.add_argument("--root", default=".", help="the release folder (default: current folder)")
+    hand.add_argument("--output", help="archive, named <student-id>.tar.gz or .zip (default: submission.tar.gz)")
+    hand.add_argument("--include", action="append", metavar="GLOB",
+                      help="also hand in outputs matching GLOB (repeatable), e.g. 'runs/*/samples.png'")
+    hand.add_argument("--max-file-mb", type=float, default=5.0, help="largest file (default 5 MB)")
+    hand.add_argument("--max-total-mb", type=float, default=50.0, help="largest archive, uncompressed (default 50 MB)")
+    hand.set_defaults(func=_handin)
+
+    grd = commands.add_parser("grade", help="grade a folder of archives in isolation -> nbgrader gradebook, "
+                                            "grades.csv, feedback/<student>.md")
+    grd.add_argument("submissions", help="folder of <student-id>.tar.gz / .zip archives")
+    grd.add_argument("--output", default="grading", help="output folder (default: grading)")
+    grd.add_argument("--repo", default=".", help="instructor repository (default: current folder)")
+    grd.add_argument("--timeout", type=float, default=300, help="seconds for one task's tests (default 300)")
+    grd.add_argument("--notebook-timeout", type=float, default=600,
+                     help="seconds for one homework notebook's execution (default 600)")
+    grd.add_argument("--jobs", type=int, default=1, help="submissions graded at once (default 1)")
+    grd.add_argument("--memory-mb", type=int, default=16384,
+                     help="address-space limit of a submission in MB; 0 = none (default 16384)")
+    grd.set_defaults(func=_grade)

@@ -1,0 +1,137 @@
+"""``course handin``: pack the student's work into one archive with a manifest of hashes.
+
+Takes the files of the allowed folders that differ from (or are missing in) the release manifest
+``coursework/release_manifest.json``, plus outputs matched by globs; refuses checkpoints, datasets
+and files over the size limit, and says what it left out and why.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import json
+import tarfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .release import sha256_file
+from .tasks import MANIFEST_FILE, load_course
+
+ALLOWED_FOLDERS = ("diffusion_lib/", "notebooks/", "homework/", "coursework/answers/")
+SKIPPED_DIRS = {"__pycache__", ".ipynb_checkpoints", ".pytest_cache", ".git", ".venv", ".cache"}
+CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth", ".safetensors", ".bin", ".onnx", ".pkl", ".pickle", ".h5", ".hdf5")
+DATA_SUFFIXES = (".npz", ".npy", ".tar", ".gz", ".tgz", ".zip", ".parquet", ".arrow", ".lmdb", ".mat")
+DATA_DIRS = {"data", "datasets", "dataset", "data_cache"}   # as a top-level folder or inside outputs
+DATA_FILE_LIMIT = 1 * 1024 * 1024
+MB = 1024 * 1024
+
+
+@dataclass
+class HandinResult:
+    archive: Path
+    files: dict[str, str] = field(default_factory=dict)       # rel -> sha256
+    left_out: dict[str, str] = field(default_factory=dict)    # rel -> reason
+
+
+def _refusal(rel: str, size: int, max_file_bytes: int) -> str | None:
+    name = rel.rsplit("/", 1)[-1].lower()
+    parts = rel.split("/")
+    if name.endswith(CHECKPOINT_SUFFIXES):
+        return "checkpoint or model weights (not handed in)"
+    if parts[0] in DATA_DIRS or any(p in DATA_DIRS for p in parts[1:-1] if parts[0] != "diffusion_lib"):
+        return "dataset folder (not handed in)"
+    if name.endswith(DATA_SUFFIXES) and size > DATA_FILE_LIMIT:
+        return f"dataset or archive file over {DATA_FILE_LIMIT // MB} MB ({size / MB:.1f} MB)"
+    if size > max_file_bytes:
+        return f"over the file size limit ({size / MB:.1f} MB > {max_file_bytes / MB:g} MB)"
+    return None
+
+
+def candidate_files(root: Path, output_globs: tuple[str, ...] = ()) -> list[str]:
+    """Files under the allowed folders and files matching ``output_globs`` (relative, posix, sorted)."""
+    found: set[str] = set()
+    for path in root.rglob("*"):
+        if not path.is_file() or path.is_symlink():
+            continue
+        rel = path.relative_to(root).as_posix()
+        if any(part in SKIPPED_DIRS for part in rel.split("/")[:-1]) or rel.endswith((".pyc", ".pyo")):
+            continue
+        if rel.startswith(ALLOWED_FOLDERS) or any(fnmatch.fnmatch(rel, g) for g in output_globs):
+            found.add(rel)
+    return sorted(found)
+
+
+def handin(root: str | Path = ".", output: str | Path | None = None, *, include: tuple[str, ...] = (),
+           max_file_mb: float = 5.0, max_total_mb: float = 50.0, verbose: bool = True) -> HandinResult:
+    """Pack the changed and new files of the release at ``root`` into ``output`` (.tar.gz or .zip).
+
+    Args:
+        output: archive path; its name (without .tar.gz/.zip) is the student id the grader uses
+            (default ``<root>/submission.tar.gz``).
+        include: extra globs of outputs to hand in (added to ``handin_outputs`` of tasks.yaml), e.g. "runs/*/samples.png".
+        max_file_mb, max_total_mb: limits per file and for the whole archive (uncompressed).
+    """
+    root = Path(root).resolve()
+    try:
+        globs = load_course(root).handin_outputs + tuple(include)
+    except FileNotFoundError:
+        globs = tuple(include)
+    archive = Path(output).resolve() if output else root / "submission.tar.gz"
+    if not archive.name.endswith((".tar.gz", ".tgz", ".zip")):
+        raise ValueError(f"archive {archive} must end in .tar.gz, .tgz or .zip")
+    manifest_path = root / MANIFEST_FILE
+    released: dict[str, str] = {}
+    if manifest_path.is_file():
+        released = json.loads(manifest_path.read_text(encoding="utf-8")).get("files", {})
+    elif verbose:
+        print(f"warning: no {MANIFEST_FILE}; every file of the allowed folders counts as changed")
+    result = HandinResult(archive)
+    total, max_file, max_all = 0, int(max_file_mb * MB), int(max_total_mb * MB)
+    for rel in candidate_files(root, globs):
+        path = root / rel
+        if path == archive:
+            continue
+        digest = sha256_file(path)
+        if released.get(rel) == digest:
+            continue
+        size = path.stat().st_size
+        reason = _refusal(rel, size, max_file)
+        if reason is None and total + size > max_all:
+            reason = f"the archive would exceed {max_total_mb:g} MB"
+        if reason:
+            result.left_out[rel] = reason
+            continue
+        total += size
+        result.files[rel] = digest
+    manifest = json.dumps({"format": "course-handin", "version": 1, "files": result.files,
+                           "left_out": result.left_out}, indent=1, sort_keys=True).encode("utf-8")
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    if archive.name.endswith(".zip"):
+        with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for rel in result.files:
+                zf.write(root / rel, rel)
+            zf.writestr("MANIFEST.json", manifest)
+    else:
+        with tarfile.open(archive, "w:gz") as tf:
+            for rel in result.files:
+                info = tf.gettarinfo(str(root / rel), arcname=rel)
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                info.mode = 0o644
+                with open(root / rel, "rb") as handle:
+                    tf.addfile(info, handle)
+            info = tarfile.TarInfo("MANIFEST.json")
+            info.size, info.mode = len(manifest), 0o644
+            tf.addfile(info, io.BytesIO(manifest))
+    if verbose:
+        print(f"packed {len(result.files)} files ({total / MB:.2f} MB) into {archive}")
+        for rel in result.files:
+            print(f"  + {rel}")
+        if result.left_out:
+            print(f"left out {len(result.left_out)} files:")
+            for rel, reason in result.left_out.items():
+                print(f"  - {rel}: {reason}")
+        print("The archive's name is your student id for the grader: rename it to <student-id>"
+              + (".zip" if archive.name.endswith(".zip") else ".tar.gz") + " if needed.")
+    return result
