@@ -40,7 +40,8 @@ def add_course_command(subparsers) -> None:
         "course", help="coursework: release the student copy, self-check, hand in, grade",
         description="Coursework tools (format: coursework/tasks.yaml, solution regions marked with nbgrader's "
                     "markers, # Start/# End annotation regions). Instructor: release, grade. Student: check, handin.")
-    commands = course.add_subparsers(dest="course_command", required=True, metavar="{release,check,handin,grade}")
+    commands = course.add_subparsers(dest="course_command", required=True, metavar="{release,check,handin,grade}",
+                                      help="release, check, handin or grade")
 
     rel = commands.add_parser("release", help="write the student release (stubs, empty annotation slots, "
                                               "no hidden tests), then verify nothing leaked")

@@ -9,27 +9,11 @@ Every name is re-exported here and loaded on first use, so ``import diffusion_li
 
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_exports
 
-_EXPORTS = {
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "forward": ("MEASURES", "timestep_grid", "correlation", "ks_to_normal", "sliced_w2_to_normal", "structure_table",
                 "structure_horizon", "schedule_summary"),
     "guidance": ("guidance_sweep", "SweepResult", "within_class_diversity"),
     "samplers": ("SamplerSetting", "SamplerSweep", "settings_grid", "sampler_sweep", "pipeline_sweep", "seed_spread"),
-}
-_HOME = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_HOME)
-
-
-def __getattr__(name: str):
-    """Load the submodule that defines ``name`` on first use (PEP 562)."""
-    if name not in _HOME:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+})

@@ -23,31 +23,15 @@ save_pretrained`` or ``interop.SCHEDULERS``. Saved folders name ``diffusion_lib.
 
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_exports
 
-_HOMES = {
+# A saved folder's model_index.json names ["diffusion_lib.interop", "DiffusersUNet"]; diffusers then imports this
+# package and looks up its loadable base classes here too (getattr(package, "ModelMixin")), so it resolves as well.
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "schedulers": ("SCHEDULERS", "scheduler_class", "scheduler_from_schedule", "alpha_bar_at",
                    "DiffusersUNetAdapter", "DiffusersSamplerOutput", "sample_with_diffusers_scheduler"),
     "pipeline_format": ("DiffusersUNet", "save_pretrained", "load_pretrained", "METADATA_FILE", "METADATA_KIND",
-                        "METADATA_VERSION"),
+                        "METADATA_VERSION", "ModelMixin"),
     "hub": ("PretrainedUnavailableError", "hub_offline_reason", "load_pretrained_pipeline", "pipeline_sample",
             "HUB_PROBE_TIMEOUT_S"),
-}
-__all__ = sorted(name for names in _HOMES.values() for name in names)
-# A saved folder's model_index.json names ["diffusion_lib.interop", "DiffusersUNet"]; diffusers then imports this
-# package and looks up its loadable base classes here too (getattr(package, "ModelMixin")), so it resolves as well.
-_MODULE_OF = {**{name: module for module, names in _HOMES.items() for name in names}, "ModelMixin": "pipeline_format"}
-
-
-def __getattr__(name: str):
-    """Load the submodule that holds public ``name`` on first use (PEP 562); AttributeError for other names."""
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    """The public names (loaded or not) and the submodules."""
-    return sorted(set(globals()) | set(__all__) | set(_HOMES))
+})

@@ -15,29 +15,13 @@ evaluate_samples`` or ``metrics.diversity``), so importing this package costs no
 
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_exports
 
-_EXPORTS = {
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "scores": ("check_images", "frechet_distance", "kernel_inception_distance", "inception_score", "diversity",
                "paired_distance", "class_accuracy"),
     "extractors": ("INCEPTION_WEIGHTS_FILE", "INCEPTION_WEIGHTS_URL", "INCEPTION_NAME", "default_cache_dir",
                    "content_hash", "Features", "inception_weights_path", "inception_available", "InceptionExtractor",
                    "ClassifierExtractor", "domain_extractor", "real_features"),
     "evaluate": ("METRICS", "EvaluationResult", "evaluate_samples", "format_report"),
-}
-_HOME = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_HOME)
-
-
-def __getattr__(name: str):
-    """Load the submodule that defines ``name`` on first use (PEP 562)."""
-    if name not in _HOME:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+})
