@@ -48,7 +48,8 @@ def annotated_frames(trajectory, nrow: int = 8, scale: int = 4, with_pred_x0: bo
     font = ImageFont.load_default()
     pictures = []
     for frame, step, t in zip(frames, trajectory.steps, trajectory.timesteps):
-        grid = Image.fromarray(grid_image(frame, nrow=nrow)).convert("RGB")
+        pixels = grid_image(frame, nrow=nrow)  # uint8 (H, W, C), C = 1 or 3
+        grid = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).convert("RGB")
         grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
         canvas = Image.new("RGB", (max(grid.width, 120), grid.height + CAPTION_HEIGHT), "black")
         canvas.paste(grid, (0, CAPTION_HEIGHT))

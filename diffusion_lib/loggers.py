@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import secrets
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -123,7 +124,7 @@ class WandbTracker(Tracker):
         folder = Path(run_dir) / "wandb"
         folder.mkdir(parents=True, exist_ok=True)
         id_file = folder / "run_id"
-        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
         id_file.write_text(run_id + "\n")
         self.wandb = wandb
         self.run = wandb.init(project=project, group=group, name=name, id=run_id, resume="allow", dir=str(run_dir),
