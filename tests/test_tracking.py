@@ -200,3 +200,15 @@ def test_trajectory_video_rejects_other_suffixes(tmp_path):
     traj = Trajectory([0], [5], torch.zeros(1, 2, 1, 4, 4), torch.zeros(1, 2, 1, 4, 4))
     with pytest.raises(ValueError, match=".gif or .mp4"):
         save_trajectory_video(traj, tmp_path / "x.avi")
+
+
+def test_tensorboard_is_published_on_loopback_only_and_proxied_in_lab():
+    import yaml
+
+    compose = yaml.safe_load(open("docker-compose.yml"))
+    tensorboard = compose["services"]["tensorboard"]
+    assert tensorboard["profiles"] == ["tensorboard"]  # only when asked for
+    assert tensorboard["ports"] == ["127.0.0.1:${TENSORBOARD_PORT:-6006}:6006"]
+    assert all(v.endswith(":ro") for v in tensorboard["volumes"])
+    config = open("docker/jupyter_server_config.py").read()
+    assert 'c.ServerProxy.servers = {\n    "tensorboard"' in config
