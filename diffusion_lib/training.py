@@ -428,7 +428,8 @@ class Trainer:
 # Config keys that do not change the weights at a given step: a checkpoint that differs only here is reused.
 # (max_steps only says where to stop: a resumed run equals an uninterrupted one, so a shorter run is continued.)
 REUSABLE_DIFFERENCES = ("name", "training.max_steps", "training.device", "training.log_every",
-                        "training.sample_every", "training.checkpoint_every", "sampling.")
+                        "training.sample_every", "training.checkpoint_every", "training.loggers",
+                        "training.wandb_project", "training.wandb_group", "sampling.")
 
 
 def _weight_settings(config: ExperimentConfig) -> dict:
