@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from .checkpoint import load_artifact, save_artifact
 from .device import resolve_device
@@ -39,7 +40,7 @@ class TrainingHistory:
 def train_classifier(model: Classifier, images: torch.Tensor, labels: torch.Tensor, *, steps: int = 500,
                      batch_size: int = 128, lr: float = 2e-3, weight_decay: float = 1e-4,
                      generator: torch.Generator | None = None, seed: int | None = None,
-                     device: str | torch.device = "auto", noise_schedule=None) -> TrainingHistory:
+                     device: str | torch.device = "auto", noise_schedule=None, progress: bool = False) -> TrainingHistory:
     """Train ``model`` with cross-entropy on random minibatches (AdamW, cosine learning-rate decay).
 
     With ``noise_schedule`` the classifier learns p(y | x_t, t) for classifier guidance
@@ -60,6 +61,7 @@ def train_classifier(model: Classifier, images: torch.Tensor, labels: torch.Tens
         device: "auto" (cuda, then mps, then cpu) or a torch device.
         noise_schedule: None for a clean classifier, or a ``NoiseSchedule`` whose T equals the
             classifier's ``num_train_timesteps`` (when set); the model must then be time-conditional.
+        progress: show a tqdm progress bar over the steps.
 
     Returns:
         TrainingHistory with one loss and one batch accuracy per step.
@@ -98,7 +100,7 @@ def train_classifier(model: Classifier, images: torch.Tensor, labels: torch.Tens
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     history = TrainingHistory()
     batch_size = min(batch_size, images.shape[0])
-    for _ in range(steps):
+    for _ in tqdm(range(steps), desc="training classifier", disable=not progress, leave=False):
         idx = torch.randint(0, images.shape[0], (batch_size,), generator=generator).to(device)
         x, y, t = images[idx], labels[idx], None
         if noise_schedule is not None:

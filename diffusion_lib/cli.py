@@ -58,17 +58,27 @@ def _diffusion_samples(loaded, args: argparse.Namespace, labels, device) -> tupl
 
     from .sampling import sample
 
+    from tqdm.auto import tqdm
+
     d = loaded.data
     kwargs = _sampling_config(loaded.config, args).sampler_kwargs(conditional=labels is not None)
     generator = torch.Generator().manual_seed(args.seed)  # CPU noise: the same samples on every device
     n, batch = args.num_samples, args.batch_size
+    steps = kwargs["num_inference_steps"] or loaded.schedule.num_train_timesteps
     images = []
-    for start in range(0, n, batch):
-        y = labels[start:start + batch].to(device) if labels is not None else None
-        shape = (min(batch, n - start), d["channels"], d["image_size"], d["image_size"])
-        images.append(sample(loaded.model, loaded.schedule, shape=shape, y=y,
-                             prediction_type=loaded.config.diffusion.prediction_type, generator=generator,
-                             progress=not args.no_progress, **kwargs).images.cpu())
+    # one bar for the whole job: every network call (one per sampler step and batch) moves it
+    bar = tqdm(total=steps * -(-n // batch), desc=f"sampling {n} images", unit="step", disable=args.no_progress)
+    hook = loaded.model.register_forward_hook(lambda *_: bar.update(1))
+    try:
+        for start in range(0, n, batch):
+            y = labels[start:start + batch].to(device) if labels is not None else None
+            shape = (min(batch, n - start), d["channels"], d["image_size"], d["image_size"])
+            images.append(sample(loaded.model, loaded.schedule, shape=shape, y=y,
+                                 prediction_type=loaded.config.diffusion.prediction_type, generator=generator,
+                                 **kwargs).images.cpu())
+    finally:
+        hook.remove()
+        bar.close()
     settings = dict(sampler=kwargs["sampler"],
                     num_inference_steps=kwargs["num_inference_steps"] or loaded.schedule.num_train_timesteps,
                     guidance_scale=kwargs["guidance_scale"], eta=kwargs.get("eta"))
@@ -89,6 +99,9 @@ def _sample(args: argparse.Namespace) -> int:
         raise ValueError(f"--out must end in .png (grid) or .npz (arrays); got {out}")
     if args.num_samples < 1:
         raise ValueError(f"--num-samples must be >= 1; got {args.num_samples}")
+    if args.trajectory and (Path(args.trajectory).suffix.lower() not in (".gif", ".mp4") or args.trajectory_samples < 1):
+        raise ValueError(f"--trajectory must end in .gif or .mp4 and --trajectory-samples be >= 1; got "
+                         f"{args.trajectory}, {args.trajectory_samples}")
     device = resolve_device(args.device)
     loaded = load_model(args.checkpoint, device=device, use_ema=not args.no_ema)
     if loaded.schedule is None:
@@ -112,7 +125,29 @@ def _sample(args: argparse.Namespace) -> int:
         save_grid(images, out, nrow=max(1, int(len(images) ** 0.5)))
     print(f"wrote {len(images)} samples ({used['sampler']}, steps={used['num_inference_steps']}, "
           f"guidance_scale={used['guidance_scale']}) to {out}")
+    if args.trajectory:
+        path = _write_trajectory(loaded, args, labels, device)
+        print(f"wrote the reverse process of {min(args.num_samples, args.trajectory_samples)} samples to {path}")
     return 0
+
+
+def _write_trajectory(loaded, args: argparse.Namespace, labels, device) -> Path:
+    """Sample the first ``--trajectory-samples`` images again (same seed) capturing every step; write the video."""
+    import torch
+
+    from .animation import save_trajectory_video
+    from .sampling import sample
+
+    d = loaded.data
+    kwargs = _sampling_config(loaded.config, args).sampler_kwargs(conditional=labels is not None)
+    n = min(args.num_samples, args.trajectory_samples)
+    y = labels[:n].to(device) if labels is not None else None
+    out = sample(loaded.model, loaded.schedule, shape=(n, d["channels"], d["image_size"], d["image_size"]), y=y,
+                 prediction_type=loaded.config.diffusion.prediction_type,
+                 generator=torch.Generator().manual_seed(args.seed), capture_steps="all",
+                 progress=not args.no_progress, **kwargs)
+    nrow = d["num_classes"] if y is not None and d["num_classes"] <= n else max(1, int(n ** 0.5))
+    return save_trajectory_video(out.trajectory, args.trajectory, nrow=nrow, fps=args.fps)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -136,8 +171,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ValueError(f"--num-samples must be >= 2 (FID, KID and diversity compare images); got {n}")
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1; got {batch_size}")
-    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".eval.json")
-    if out.suffix != ".json":
+    out = Path(args.out) if args.out else None  # default: one file per setting (experiments.runs.evaluation_path)
+    if out is not None and out.suffix != ".json":
         raise ValueError(f"--out must end in .json; got {out}")
     device = resolve_device(args.device)
     loaded = load_model(args.checkpoint, device=device)
@@ -168,8 +203,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         warnings.filterwarnings("ignore", message="FID from", category=UserWarning)
         result = evaluate_samples(images, real, labels=labels, extractor=args.extractor, dataset=d["source"],
                                   cache_dir=args.cache_dir, device=device, domain_steps=args.domain_steps,
-                                  seed=args.seed)
+                                  seed=args.seed, progress=not args.no_progress)
     report.update(result.to_dict())
+    if out is None:
+        from .experiments.runs import evaluation_path
+
+        out = evaluation_path(args.checkpoint, report)
     atomic_write_text(out, json.dumps(report, indent=2) + "\n")
 
     sampling = (f"{report['sampler']}, {report['num_inference_steps']} steps, guidance {report['guidance_scale']}"
@@ -218,6 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     smp.add_argument("--no-clip", action="store_true", help="do not clip predicted x_0 to [-1, 1]")
     smp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    smp.add_argument("--trajectory", metavar="FILE",
+                     help="also write the denoising of a grid over the sampler's steps: FILE.gif or FILE.mp4 "
+                          "(step and t written on each frame)")
+    smp.add_argument("--trajectory-samples", type=int, default=16,
+                     help="images in the trajectory's grid: the first N of the samples (default 16)")
+    smp.add_argument("--fps", type=float, default=10.0, help="frames per second of the trajectory (default 10)")
     smp.set_defaults(func=_sample)
 
     ev = commands.add_parser(
@@ -241,8 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--eta", type=float, help="DDIM stochasticity, 0 deterministic (default: the config's)")
     ev.add_argument("--seed", type=int, default=0,
                     help="seed of the samples, KID subsets and IS splits; same seed, same scores (default 0)")
-    ev.add_argument("--out", help="JSON file for the settings and scores (default: the checkpoint path with "
-                                  "suffix .eval.json)")
+    ev.add_argument("--out", help="JSON file for the settings and scores (default: beside the checkpoint, one file "
+                                  "per setting: last.eval.<sampler>-<K>steps-g<w>-seed<s>-n<N>.json)")
     ev.add_argument("--extractor", choices=["auto", "inception", "domain"], default="auto",
                     help="feature network of FID/KID/IS: inception (weights must be on disk), domain (a classifier "
                          "trained on the real images), auto (inception if available, else domain; default)")
@@ -254,12 +299,88 @@ def build_parser() -> argparse.ArgumentParser:
                          "$DIFFUSION_LIB_CACHE/metrics or ~/.cache/diffusion_lib/metrics)")
     ev.add_argument("--batch-size", type=int, default=256, help="images generated at once (default 256)")
     ev.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, ... (default auto)")
-    ev.add_argument("--no-progress", action="store_true", help="hide the sampler's progress bar")
+    ev.add_argument("--no-progress", action="store_true",
+                    help="hide the progress bars (sampling, domain-classifier training, feature extraction)")
     ev.set_defaults(func=_evaluate)
+    add_tracking_commands(commands)
     from .course.notebooks import add_notebooks_command
     add_notebooks_command(commands)
     from .course.cli import add_course_command; add_course_command(commands)  # coursework: release/check/handin/grade
     return parser
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from .experiments.runs import compare_runs, format_comparison, plot_runs
+
+    table = compare_runs(args.runs)
+    print(format_comparison(table))
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+        print(f"wrote {args.csv}")
+    if args.figure:
+        from .viz import save_figure
+
+        print(f"wrote {save_figure(plot_runs(args.runs, smooth=args.smooth), args.figure)}")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from .experiments.runs import format_comparison
+    from .experiments.sweep import run_sweep
+
+    table = run_sweep(args.config, args.grid, args.output, overrides=args.set, progress=not args.no_progress)
+    print(format_comparison(table))
+    return 0
+
+
+def _summary(args: argparse.Namespace) -> int:
+    from .summary import network_summary
+
+    for title, stats in network_summary(args.config, args.set, depth=args.depth, batch_size=args.batch_size,
+                                        classifier=args.classifier):
+        print(f"{title}\n{stats}\n")
+    return 0
+
+
+def add_tracking_commands(commands: argparse._SubParsersAction) -> None:
+    """Add ``runs`` (compare run folders), ``sweep`` (grid over config keys) and ``summary`` (layer table)."""
+    runs = commands.add_parser("runs", help="compare run folders: config differences, losses, scores, speed",
+                               description="Print one table of the runs (config keys that differ, steps, final and "
+                                           "best loss, wall time, images/s, every `evaluate` result); optionally "
+                                           "a figure (loss curves on one axis, sample grids side by side). A sweep "
+                                           "folder stands for all its runs.")
+    runs.add_argument("runs", nargs="+", metavar="DIR", help="run folders (holding config.yaml) or sweep folders")
+    runs.add_argument("--figure", metavar="FILE.png", help="write the comparison figure")
+    runs.add_argument("--csv", metavar="FILE.csv", help="write the table as CSV")
+    runs.add_argument("--smooth", type=int, default=1, help="rolling mean over logged rows in the figure (default 1)")
+    runs.set_defaults(func=_runs)
+
+    sweep = commands.add_parser("sweep", help="train a grid over config keys, one folder per run, resumable",
+                                description="Train every combination of --grid values, each in OUTPUT/<key=value_...>; "
+                                            "rerun the same command to skip finished runs and resume interrupted "
+                                            "ones. Ends with the comparison table (`runs OUTPUT`). With wandb in "
+                                            "training.loggers the runs share one wandb group.")
+    sweep.add_argument("--config", required=True, help="YAML experiment config, the base of every run")
+    sweep.add_argument("--grid", nargs="+", required=True, metavar="KEY=V1,V2",
+                       help="dotted config key and its values, e.g. training.learning_rate=1e-3,3e-4 "
+                            "diffusion.p_uncond=0.1,0.2")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override for every run, e.g. --set training.max_steps=200 (repeatable)")
+    sweep.add_argument("--output", required=True, help="the sweep folder")
+    sweep.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    sweep.set_defaults(func=_sweep)
+
+    summary = commands.add_parser("summary", help="layer table of a config's network (torchinfo)",
+                                  description="Print torchinfo's table (per block: output shape, parameters, "
+                                              "mult-adds) of the network a config trains: UNet, conditional UNet "
+                                              "or VAE (--set model.conditional=false, --set model.kind=vae).")
+    summary.add_argument("--config", required=True, help="YAML experiment config")
+    summary.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    summary.add_argument("--depth", type=int, default=2, help="levels of sub-modules shown (default 2)")
+    summary.add_argument("--batch-size", type=int, default=1, help="batch of the example input (default 1)")
+    summary.add_argument("--classifier", action="store_true",
+                         help="also the noise-conditioned classifier of classifier guidance")
+    summary.set_defaults(func=_summary)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -20,6 +20,7 @@ import yaml
 
 from .atomic import atomic_write_text
 from .diffusion import PREDICTION_TYPES
+from .loggers import check_logger_names
 from .sampling import TIMESTEP_SPACINGS, VARIANCE_TYPES
 from .schedules import available_schedules
 
@@ -129,6 +130,9 @@ class TrainingConfig:
         seed: seeds the data order, the noise and the initial weights.
         device: "auto" (cuda, then mps, then cpu), or an explicit torch device string.
         vae_beta: weight of the KL term for kind "vae" (beta-VAE, Higgins et al. 2017).
+        loggers: where the training curves go (:mod:`diffusion_lib.loggers`): "csv" (log.csv, always
+            written), "tensorboard" (event files in the run folder), "wandb" (offline unless WANDB_MODE is set).
+        wandb_project, wandb_group: the Weights & Biases project and group (a sweep sets the group).
     """
 
     max_steps: int = 2000
@@ -145,6 +149,9 @@ class TrainingConfig:
     seed: int = 0
     device: str = "auto"
     vae_beta: float = 1.0
+    loggers: list[str] = field(default_factory=lambda: ["csv", "tensorboard"])
+    wandb_project: str = "diffusion_lib"
+    wandb_group: str | None = None
 
     def __post_init__(self):
         for key in ("max_steps", "batch_size", "log_every", "checkpoint_every"):
@@ -154,6 +161,7 @@ class TrainingConfig:
         for key in ("grad_clip", "warmup_steps", "sample_every"):
             _require(getattr(self, key) >= 0, f"training.{key} must be >= 0; got {getattr(self, key)}")
         _require(self.vae_beta >= 0, f"training.vae_beta must be >= 0; got {self.vae_beta}")
+        check_logger_names(self.loggers)
 
 
 @dataclass

@@ -10,6 +10,8 @@ Output folder::
 
     config.yaml           the resolved config
     log.csv               step, loss, lr, images_per_sec (+ recon, kl for the VAE)
+    events.out.tfevents.* TensorBoard (training.loggers; also wandb/ with "wandb"): diffusion_lib.loggers
+    run.json              steps, wall time, final and best loss, images/s (read by experiments.runs)
     checkpoints/last.ckpt the latest checkpoint (atomic)
     samples/step_*.png    periodic sample grids (EMA weights); samples/final.png at the end
 """
@@ -36,6 +38,7 @@ from .atomic import atomic_write_text
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ExperimentConfig, save_config
 from .device import resolve_device
+from .loggers import RunSummary, flatten_config, open_trackers, read_png
 from .models import build_model, is_conditional
 from .objectives import build_objective
 from .sampling import cycle_labels
@@ -67,6 +70,12 @@ class EMA:
         torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1.0 - decay)
         for ema_buffer, buffer in zip(self.model.buffers(), model.buffers()):
             ema_buffer.copy_(buffer)
+
+    @property
+    def current_decay(self) -> float:
+        """The decay the last update used: min(decay, (1 + n) / (10 + n)) after n updates."""
+        n = max(self.num_updates, 1)
+        return min(self.decay, (1 + n) / (10 + n))
 
 
 @contextlib.contextmanager
@@ -183,6 +192,8 @@ class Trainer:
         self.generator = torch.Generator(self.device).manual_seed(t.seed)   # noise, timesteps, label dropout
         self.data_generator = torch.Generator().manual_seed(t.seed + 1)     # data order
         self.step = 0
+        self.is_main_process = True  # only the main process writes logs, trackers and run.json (DDP: rank 0)
+        self.grad_norm = None  # global gradient norm before clipping, of the last step (a tensor)
         self._order = torch.empty(0, dtype=torch.long)
         self._cursor = 0
         if resume:
@@ -209,11 +220,14 @@ class Trainer:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.config, self.output_dir / "config.yaml")
         log = self._open_log()
+        trackers = open_trackers(self.config, self.output_dir, self.step, enabled=self.is_main_process)
+        summary, session_start = RunSummary(self.output_dir), time.perf_counter()
         self.model.train()
         bar = tqdm(total=max_steps, initial=self.step, desc=self.config.name, disable=not self.progress, dynamic_ncols=True)
         window_seconds, window_images = 0.0, 0  # training time only: sampling and checkpoints excluded
         interrupted = []
-        with _deferred_sigint(lambda: interrupted.append(True)):
+        with _deferred_sigint(lambda: interrupted.append(True)), contextlib.ExitStack() as finish:
+            finish.callback(lambda: self._finish_tracking(trackers, summary, time.perf_counter() - session_start))
             while self.step < max_steps and not interrupted:
                 start = time.perf_counter()
                 x0, y = self._next_batch()
@@ -224,16 +238,21 @@ class Trainer:
                 if self.step % t.log_every == 0 or self.step == max_steps:
                     images_per_sec = window_images / max(window_seconds, 1e-9)
                     values = {k: v.item() for k, v in terms.items()}  # the only host sync of the loop
-                    log({"step": self.step, **values, "lr": self.lr_scheduler.get_last_lr()[0],
-                         "images_per_sec": images_per_sec})
+                    row = {"step": self.step, **values, "lr": self.lr_scheduler.get_last_lr()[0],
+                           "images_per_sec": images_per_sec}
+                    log(row)
+                    summary.add_row(row)
+                    trackers.log_scalars(self.step, {**row, "grad_norm": self._grad_norm_value(),
+                                                     "ema_decay": self.ema.current_decay})
                     bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{images_per_sec:.0f}")
                     window_seconds, window_images = 0.0, 0
                 if t.sample_every and self.step % t.sample_every == 0:
-                    self.save_samples(self.output_dir / "samples" / f"step_{self.step:07d}.png")
+                    grid = self.save_samples(self.output_dir / "samples" / f"step_{self.step:07d}.png")
+                    trackers.log_image(self.step, "samples", read_png(grid))
                 if self.step % t.checkpoint_every == 0 and self.step < max_steps:
                     self.save(self.checkpoint_path)
-        bar.close()
-        self.save(self.checkpoint_path)
+            bar.close()
+            self.save(self.checkpoint_path)  # before run.json says "finished" (the ExitStack's callback)
         if interrupted:
             raise KeyboardInterrupt(f"training interrupted at step {self.step}; checkpoint saved to {self.checkpoint_path}")
         return self.checkpoint_path
@@ -247,13 +266,29 @@ class Trainer:
         self.grad_scaler.scale(loss).backward()
         if t.grad_clip > 0:
             self.grad_scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+            self.grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
         self.grad_scaler.step(self.optimizer)
         self.grad_scaler.update()
         self.lr_scheduler.step()
         self.ema.update(self.model)
         self.step += 1
         return terms
+
+    def _grad_norm_value(self) -> float:
+        """The last step's global gradient norm (before clipping): from the clipping, else from the gradients."""
+        if self.grad_norm is None or self.config.training.grad_clip <= 0:
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            if not grads:
+                return float("nan")
+            scale = self.grad_scaler.get_scale() if self.grad_scaler.is_enabled() else 1.0
+            return float(torch.nn.utils.get_total_norm(grads)) / scale
+        return float(self.grad_norm)
+
+    def _finish_tracking(self, trackers, summary: RunSummary, session_seconds: float) -> None:
+        """Write run.json and close the trackers, with the config as hparams and the final metrics (main process)."""
+        if self.is_main_process:
+            summary.save(self.step, self.config.training.max_steps, session_seconds)
+        trackers.finish(flatten_config(self.config.to_dict()), summary.metrics())
 
     def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The next batch of a seeded random permutation, reshuffled every epoch (labels: conditional models only)."""
@@ -393,7 +428,8 @@ class Trainer:
 # Config keys that do not change the weights at a given step: a checkpoint that differs only here is reused.
 # (max_steps only says where to stop: a resumed run equals an uninterrupted one, so a shorter run is continued.)
 REUSABLE_DIFFERENCES = ("name", "training.max_steps", "training.device", "training.log_every",
-                        "training.sample_every", "training.checkpoint_every", "sampling.")
+                        "training.sample_every", "training.checkpoint_every", "training.loggers",
+                        "training.wandb_project", "training.wandb_group", "sampling.")
 
 
 def _weight_settings(config: ExperimentConfig) -> dict:

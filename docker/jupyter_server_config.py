@@ -53,3 +53,17 @@ c.MultiKernelManager.default_kernel_name = "python3"
 # restored on the host. If no trash can be made there, the deletion fails instead of
 # deleting permanently (jupyter_server answers 400 "send2trash failed").
 c.FileContentsManager.delete_to_trash = True
+
+# TensorBoard inside JupyterLab (jupyter-server-proxy): the Launcher's "TensorBoard" tile, or
+# <lab url>/tensorboard/, starts `tensorboard --logdir runs` behind the server's token. The
+# `%tensorboard` magic in a notebook shows its frame through the same proxy (/proxy/<port>/).
+c.ServerProxy.servers = {
+    "tensorboard": {
+        "command": ["tensorboard", "--logdir", os.environ.get("TENSORBOARD_LOGDIR", "runs"), "--port", "{port}",
+                    "--host", "127.0.0.1", "--path_prefix", "{base_url}tensorboard"],
+        "absolute_url": True,
+        "timeout": 60,
+        "launcher_entry": {"title": "TensorBoard"},
+    }
+}
+os.environ.setdefault("TENSORBOARD_PROXY_URL", "/proxy/%PORT%/")  # read by tensorboard.notebook in the kernels

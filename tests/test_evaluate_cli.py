@@ -92,7 +92,7 @@ def test_vae_checkpoint_scores_its_prior_samples(checkpoints, tmp_path, capsys):
 
 def test_default_output_path_is_beside_the_checkpoint(checkpoints):
     assert main(["evaluate", "--checkpoint", str(checkpoints["vae"]), *EVAL]) == 0
-    path = checkpoints["vae"].with_suffix(".eval.json")
+    path = checkpoints["vae"].with_name("last.eval.prior-seed0-n40.json")  # one file per setting
     assert json.loads(path.read_text())["num_generated"] == 40
 
 

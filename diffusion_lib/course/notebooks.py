@@ -136,7 +136,7 @@ def _first_error(error: BaseException) -> str:
 
 def run_notebook(path: str | Path, output_dir: str | Path = DEFAULT_OUTPUT, profile: str = "smoke",
                  parameters: dict | None = None, timeout: float | None = None,
-                 kernel_name: str | None = None) -> NotebookResult:
+                 kernel_name: str | None = None, progress: bool = False) -> NotebookResult:
     """Execute one notebook with papermill; then check the executed copy (:func:`check_executed_notebook`).
 
     Args:
@@ -146,6 +146,7 @@ def run_notebook(path: str | Path, output_dir: str | Path = DEFAULT_OUTPUT, prof
         parameters: more papermill parameters (e.g. ``{"CHECKPOINT": "runs/x/checkpoints/last.ckpt"}``).
         timeout: seconds allowed per cell (None: no limit).
         kernel_name: a kernelspec to use; default a temporary one for this interpreter (:func:`interpreter_kernel`).
+        progress: show papermill's progress bar (one tick per cell).
 
     Returns:
         :class:`NotebookResult`; failures are reported, not raised. A notebook that runs but shows a
@@ -171,7 +172,7 @@ def run_notebook(path: str | Path, output_dir: str | Path = DEFAULT_OUTPUT, prof
         start, error = time.perf_counter(), None
         try:
             papermill.execute_notebook(str(path), str(output), parameters=params, kernel_name=kernel,
-                                       cwd=str(path.parent.resolve()), progress_bar=False,
+                                       cwd=str(path.parent.resolve()), progress_bar=progress,
                                        execution_timeout=timeout)
         except Exception as exc:  # noqa: BLE001 - any failure of the notebook is reported in the table
             error = _first_error(exc)
@@ -184,13 +185,14 @@ def run_notebook(path: str | Path, output_dir: str | Path = DEFAULT_OUTPUT, prof
 
 def run_notebooks(names: Sequence[str] | None = None, profile: str = "smoke", output_dir: str | Path = DEFAULT_OUTPUT,
                   directory: str | Path | None = None, parameters: dict | None = None, timeout: float | None = None,
-                  log: Callable[[str], None] | None = None) -> list[NotebookResult]:
+                  log: Callable[[str], None] | None = None, progress: bool = False) -> list[NotebookResult]:
     """Execute the notebooks :func:`find_notebooks` selects, one after the other, in one kernelspec.
 
     Args:
         names, directory: see :func:`find_notebooks`.
         profile, output_dir, parameters, timeout: see :func:`run_notebook`.
         log: called with a line before and after each notebook (e.g. ``print``).
+        progress: papermill's per-cell progress bar for each notebook.
 
     Returns:
         One :class:`NotebookResult` per notebook, in order.
@@ -201,7 +203,7 @@ def run_notebooks(names: Sequence[str] | None = None, profile: str = "smoke", ou
         for path in paths:
             if log:
                 log(f"running {path.name} ({profile}) ...")
-            result = run_notebook(path, output_dir, profile, parameters, timeout, kernel_name=kernel)
+            result = run_notebook(path, output_dir, profile, parameters, timeout, kernel_name=kernel, progress=progress)
             if log:
                 log(f"  {result.status} in {result.seconds:.1f} s" + (f": {result.error}" if result.error else ""))
             results.append(result)
@@ -374,7 +376,7 @@ def _parameters(pairs: Sequence[str]) -> dict:
 
 def _run(args: argparse.Namespace) -> int:
     results = run_notebooks(args.names, args.profile, args.output, args.dir, _parameters(args.param), args.timeout,
-                            log=lambda line: print(line, file=sys.stderr, flush=True))
+                            log=lambda line: print(line, file=sys.stderr, flush=True), progress=not args.quiet)
     print(format_table(results))
     return 0 if all(r.status == "ok" for r in results) else 1
 
@@ -414,6 +416,7 @@ def add_notebooks_command(commands: argparse._SubParsersAction) -> argparse.Argu
     run.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                      help="extra notebook parameter, value parsed as YAML (repeatable), e.g. -p CHECKPOINT=run.ckpt")
     run.add_argument("--timeout", type=float, help="seconds allowed per cell (default: no limit)")
+    run.add_argument("--quiet", action="store_true", help="no per-cell progress bar (papermill's)")
     run.set_defaults(func=_run)
 
     check = sub.add_parser(

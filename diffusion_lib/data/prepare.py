@@ -155,7 +155,8 @@ def resize_pixels(pixels: torch.Tensor, size: int, chunk: int = 512) -> torch.Te
     if pixels.shape[1] == size and pixels.shape[2] == size:
         return pixels
     out = []
-    for start in range(0, len(pixels), chunk):
+    chunks = range(0, len(pixels), chunk)  # a bar when it takes a while (more than 20 chunks)
+    for start in tqdm(chunks, desc=f"resizing to {size}px", unit="chunk", disable=len(chunks) <= 20, leave=False):
         x = pixels[start : start + chunk].permute(0, 3, 1, 2).float()
         x = TF.resize(x, [size, size], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
         out.append(x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1))

@@ -75,7 +75,8 @@ class EvaluationResult:
         return row
 
 
-def _resolve_extractor(extractor, real, real_labels, classifier, dataset, cache_dir, device, domain_steps):
+def _resolve_extractor(extractor, real, real_labels, classifier, dataset, cache_dir, device, domain_steps,
+                       progress=False):
     if not isinstance(extractor, str):
         return extractor
     if extractor not in ("auto", "inception", "domain"):
@@ -86,7 +87,7 @@ def _resolve_extractor(extractor, real, real_labels, classifier, dataset, cache_
         if real is None:
             raise ValueError("a domain extractor is trained on the real images: pass real= with real_labels=")
         return domain_extractor(real, real_labels, dataset=dataset, cache_dir=cache_dir, device=device,
-                                steps=domain_steps)
+                                steps=domain_steps, progress=progress)
     if isinstance(classifier, Classifier):
         state = {k: v.cpu() for k, v in classifier.state_dict().items()}
         key = hashlib.sha256(b"".join(v.numpy().tobytes() for v in state.values())).hexdigest()[:12]
@@ -102,7 +103,7 @@ def evaluate_samples(generated: torch.Tensor, real: torch.Tensor | ImageDataset 
                      extractor="auto", dataset: str | None = None,
                      cache_dir: str | os.PathLike | None = None, device: str | torch.device = "auto",
                      kid_subset_size: int | None = None, kid_subsets: int = 100, is_splits: int | None = None,
-                     domain_steps: int | None = None, seed: int = 0) -> EvaluationResult:
+                     domain_steps: int | None = None, seed: int = 0, progress: bool = False) -> EvaluationResult:
     """Score generated images against real ones: the one entry point for every model.
 
     Args:
@@ -124,6 +125,7 @@ def evaluate_samples(generated: torch.Tensor, real: torch.Tensor | ImageDataset 
         cache_dir: folder for the domain classifier and real features; default
             :func:`~diffusion_lib.metrics.extractors.default_cache_dir`; ``False`` disables the real-feature cache.
         device: "auto" or a torch device, for feature extraction and training.
+        progress: progress bars for domain-classifier training and feature extraction.
         kid_subset_size, kid_subsets: see :func:`kernel_inception_distance`.
         is_splits: see :func:`inception_score`.
         domain_steps: training steps of a domain classifier that is not cached yet (default:
@@ -168,7 +170,10 @@ def evaluate_samples(generated: torch.Tensor, real: torch.Tensor | ImageDataset 
     if {"fid", "kid", "is"} & set(metrics):
         if "fid" in metrics and min(n, m) < 2:
             raise ValueError(f"FID needs at least 2 generated and 2 real images; got {n} and {m}")
-        ext = _resolve_extractor(extractor, real, real_labels, classifier, dataset, cache_dir, device, domain_steps)
+        ext = _resolve_extractor(extractor, real, real_labels, classifier, dataset, cache_dir, device, domain_steps,
+                                 progress)
+        if progress and hasattr(ext, "progress"):  # the library's extractors: a bar over feature batches
+            ext.progress = True
         result.extractor = ext.name
         if getattr(ext, "meta", {}).get("val_accuracy") is not None:
             result.notes.append(f"domain classifier val accuracy {ext.meta['val_accuracy']:.3f}")

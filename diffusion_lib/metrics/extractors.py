@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from ..checkpoint import load_artifact, save_artifact
 from ..classifier_training import load_classifier, save_classifier, train_classifier
@@ -115,6 +116,7 @@ class InceptionExtractor:
     """
 
     name = INCEPTION_NAME
+    progress = False  # set True for a progress bar over the batches of a call
 
     def __init__(self, weights_path: str | os.PathLike | None = None, device: str | torch.device = "auto",
                  batch_size: int = 64):
@@ -139,7 +141,8 @@ class InceptionExtractor:
         """
         images = check_images(images)
         feats, logits = [], []
-        for start in range(0, images.shape[0], self.batch_size):
+        for start in tqdm(range(0, images.shape[0], self.batch_size), desc="Inception features",
+                          disable=not self.progress, leave=False):
             pixels = torch.from_numpy(to_uint8(images[start:start + self.batch_size])).permute(0, 3, 1, 2)
             pixels = pixels.expand(-1, 3, -1, -1) if pixels.shape[1] == 1 else pixels
             f, lg = self.net(pixels.contiguous().to(self.device))
@@ -160,6 +163,8 @@ class ClassifierExtractor:
         meta: free-form information (e.g. validation accuracy) kept for reports.
     """
 
+    progress = False  # set True for a progress bar over the batches of a call
+
     def __init__(self, classifier: Classifier, name: str, image_shape: tuple[int, int, int] | None = None,
                  batch_size: int = 256, meta: dict | None = None):
         self.classifier, self.name = classifier.eval(), name
@@ -179,7 +184,8 @@ class ClassifierExtractor:
                              f"got {tuple(images.shape[1:])}")
         device = next(self.classifier.parameters()).device
         feats, logits = [], []
-        for start in range(0, images.shape[0], self.batch_size):
+        for start in tqdm(range(0, images.shape[0], self.batch_size), desc="domain features",
+                          disable=not self.progress, leave=False):
             x = _quantise(images[start:start + self.batch_size]).to(device)
             t = torch.zeros(x.shape[0], dtype=torch.long, device=device) if self.classifier.time_conditional else None
             f = self.classifier.features(x, t)
@@ -191,7 +197,7 @@ class ClassifierExtractor:
 def domain_extractor(real: torch.Tensor, real_labels: torch.Tensor, *, dataset: str = "custom",
                      cache_dir: str | os.PathLike | None = None, device: str | torch.device = "auto",
                      steps: int | None = None, batch_size: int = 128, base_channels: int = 32, seed: int = 0,
-                     val_fraction: float = 0.1) -> ClassifierExtractor:
+                     val_fraction: float = 0.1, progress: bool = False) -> ClassifierExtractor:
     """The domain feature extractor of a dataset: a Classifier trained on its real labelled images.
 
     Trained once and cached as ``<cache_dir>/domain_classifier-<dataset>-<hash>.pt`` (a
@@ -208,6 +214,7 @@ def domain_extractor(real: torch.Tensor, real_labels: torch.Tensor, *, dataset: 
         steps: training steps; default 5 epochs, clipped to [200, 5000] steps.
         batch_size, base_channels, seed: training settings (see ``train_classifier``).
         val_fraction: share of images held out for the validation accuracy, in [0, 0.5].
+        progress: progress bar while training (not part of the cache key).
 
     Returns:
         a ClassifierExtractor named ``"domain-classifier:<dataset>:<hash>"`` whose ``meta`` holds
@@ -246,7 +253,7 @@ def domain_extractor(real: torch.Tensor, real_labels: torch.Tensor, *, dataset: 
         torch.manual_seed(seed)
         model = Classifier(real.shape[1], num_classes, base_channels=base_channels)
     train_classifier(model, real_q[train], labels[train], steps=steps, batch_size=batch_size, seed=seed,
-                     device=device)
+                     device=device, progress=progress)
     val_accuracy = class_accuracy(real_q[val], labels[val], model) if n_val else None
     meta = dict(dataset=dataset, hash=key, image_shape=list(real.shape[1:]), val_accuracy=val_accuracy,
                 num_images=real.shape[0], **settings)
