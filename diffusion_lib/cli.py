@@ -157,6 +157,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     loaded = load_model(args.checkpoint, device=device)
     config, d = loaded.config, loaded.data
     report = {"checkpoint": str(args.checkpoint), "model": config.model.kind, "step": loaded.step, "seed": args.seed}
+    check_writable(out)  # before minutes of sampling and scoring
     start = time.perf_counter()
     labels = None
     if loaded.schedule is None:  # VAE: decode prior draws z ~ N(0, I)
@@ -171,8 +172,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         conditional = is_conditional(loaded.model)
         if not conditional and args.guidance_scale not in (None, 0.0, 1.0):
             raise ValueError(f"--guidance-scale {args.guidance_scale} needs a class-conditional model")
-        _sampling_config(config, args)  # every option checked before sampling ...
-        check_writable(out)  # ... and the output too
+        _sampling_config(config, args)  # every option checked before sampling
         labels = cycle_labels(n, d["num_classes"]) if conditional else None
         images, used = _diffusion_samples(loaded, args, labels, device)
         report.update(used, guidance_scale=used["guidance_scale"] if conditional else None)

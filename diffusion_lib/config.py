@@ -392,7 +392,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as error:
-            raise ValueError(f"config file {path} is not valid YAML: {error}") from error
+            raise ValueError(f"config file {path} is not valid YAML: {' '.join(str(error).split())}") from error
         data = {} if data is None else data
         if not isinstance(data, dict):
             raise ValueError(f"config file {path} must hold a mapping of sections (name, data, model, diffusion, "
