@@ -147,13 +147,24 @@ def check_writable(path: str | Path, folder: bool = False) -> Path:
     return path
 
 
-def make_folder(path: str | Path) -> Path:
-    """``mkdir -p path``, raising :class:`WriteError` (``cannot write PATH: reason``) on failure."""
+def make_folder(path: str | Path, target: str | Path | None = None) -> Path:
+    """``mkdir -p path``, raising :class:`WriteError` (``cannot write TARGET: reason``) on failure.
+
+    Args:
+        path: the folder.
+        target: what is being written there (named in the message; default ``path``).
+    """
     path = Path(path)
+    target = path if target is None else target
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise _write_error(path, error) from error
+        blocker = path
+        while not blocker.exists() and blocker != blocker.parent:
+            blocker = blocker.parent
+        if not blocker.is_dir():
+            raise WriteError(errno.ENOTDIR, f"{blocker} is a file, not a folder", str(target)) from error
+        raise _write_error(Path(target), error) from error
     return path
 
 
@@ -171,7 +182,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
         WriteError: the file system refused (``cannot write PATH: reason``).
     """
     path = Path(path)
-    make_folder(path.parent)
+    make_folder(path.parent, path)
     clean_stale_temporaries(path)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_host_tag()}.", suffix=".tmp" + path.suffix)
@@ -237,7 +248,7 @@ def atomic_write_folder(path: str | Path, write: Callable[[Path], None]) -> Path
         WriteError: the file system refused (``cannot write PATH: reason``).
     """
     path = Path(path)
-    make_folder(path.parent)
+    make_folder(path.parent, path)
     clean_stale_temporaries(path, folder=True)
     try:
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{_host_tag()}.", suffix=".tmp"))

@@ -333,13 +333,17 @@ class Trainer:
             self._diverged(f"the loss or gradient was NaN or infinite at step {bad}", bar)
 
     def _save_if_finite(self, bar=None) -> None:
-        """Save a checkpoint unless training diverged or a weight (model or EMA) is NaN or infinite."""
+        """Save the checkpoint unless training diverged (or, checked by :meth:`save`, a weight is not finite)."""
         self._raise_if_diverged(bar)
-        tensors = [*self.model.parameters(), *self.ema.model.parameters()]
-        if not bool(torch.stack([torch.isfinite(p).all() for p in tensors]).all()):
-            self._diverged(f"a weight became NaN or infinite by step {self.step}", bar)
+        if bar is not None and not self._weights_finite():
+            bar.close()
         self.save(self.checkpoint_path)
         self._saved_step = self.step
+
+    def _weights_finite(self) -> bool:
+        """Every weight of the model and its EMA is finite (one host sync)."""
+        tensors = [t for t in (*self.model.parameters(), *self.ema.model.parameters()) if t.is_floating_point()]
+        return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
     def _diverged(self, what: str, bar=None) -> None:
         if bar is not None:
@@ -473,7 +477,14 @@ class Trainer:
                 "num_classes": d.num_classes, "class_names": list(d.class_names or []), "num_images": len(d)}
 
     def save(self, path: str | Path) -> Path:
-        """Write a checkpoint atomically."""
+        """Write a checkpoint atomically, if every weight (model and EMA) is finite.
+
+        Raises:
+            TrainingDiverged: a NaN or infinite weight; nothing is written (the previous file stays).
+            WriteError: the file system refused (``cannot write PATH: reason``).
+        """
+        if not self._weights_finite():
+            self._diverged(f"a weight became NaN or infinite by step {self.step}")
         save_checkpoint(self.state_dict(), path)
         return Path(path)
 

@@ -515,3 +515,60 @@ def test_a_full_disk_is_one_line_and_keeps_the_old_checkpoint(files, tmp_path, m
     assert re.fullmatch(rf"error: cannot write {re.escape(str(last))}: No space left on device\n", err), err
     assert last.read_bytes() == old
     assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]  # no temporary left
+
+
+def _evil_archive(path: Path, kind: str, outside: Path) -> Path:
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:
+        if kind == "symlink":
+            link = tarfile.TarInfo("jpg")
+            link.type, link.linkname = tarfile.SYMTYPE, str(outside.parent)
+            tar.addfile(link)
+            return path
+        data = b"written outside the dataset folder"
+        info = tarfile.TarInfo({"dotdot": "../" + outside.name, "absolute": str(outside)}[kind])
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize("kind, error", [("dotdot", "OutsideDestinationError"), ("symlink", "AbsoluteLinkError")])
+def test_a_path_traversing_archive_is_refused_by_the_download(kind, error, tmp_path, monkeypatch):
+    """torchvision's extract_archive under the loaders' download: tarfile's data filter refuses the member."""
+    import tarfile
+
+    from torchvision.datasets.utils import extract_archive
+
+    from diffusion_lib.data import torchvision_sources as tv
+
+    root = tmp_path / "datasets"
+    outside = root / "escaped.txt"
+    archive = _evil_archive(tmp_path / "evil.tgz", kind, outside)
+
+    def make(folder, download):
+        if not download:
+            raise RuntimeError("Dataset not found or corrupted.")
+        extract_archive(str(archive), str(folder))
+        raise AssertionError("the archive was extracted")
+
+    monkeypatch.setattr(tv, "probe", lambda url, timeout=0: None)  # offline test: pretend the host answers
+    with pytest.raises(tv.DatasetUnavailableError, match=rf"the download failed \({error}:"):
+        tv._acquire("flowers102", root, True, make)
+    assert not outside.exists() and sorted(p.name for p in root.iterdir()) == []  # temporary folder removed
+    assert tarfile.TarFile.extraction_filter is None  # Python's default restored outside the download
+    with tv.safe_tar_extraction(), pytest.raises(tarfile.FilterError):
+        extract_archive(str(archive), str(tmp_path / "direct"))
+
+
+def test_an_absolute_archive_member_lands_inside_the_folder(tmp_path):
+    from torchvision.datasets.utils import extract_archive
+
+    from diffusion_lib.data import torchvision_sources as tv
+
+    outside = tmp_path / "outside" / "abs.txt"
+    archive = _evil_archive(tmp_path / "evil.tgz", "absolute", outside)
+    with tv.safe_tar_extraction():
+        extract_archive(str(archive), str(tmp_path / "dest"))
+    assert not outside.exists() and (tmp_path / "dest" / str(outside).lstrip("/")).is_file()  # "/" stripped

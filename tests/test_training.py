@@ -368,3 +368,16 @@ def test_training_removes_temporaries_of_a_killed_save(tmp_path, digits):
     other_host.write_bytes(b"maybe in flight elsewhere")
     Trainer(tiny_config("training.max_steps=1"), tmp_path, dataset=digits, progress=False).train()
     assert sorted(p.name for p in folder.iterdir()) == sorted(["last.ckpt", other_host.name])
+
+
+def test_save_refuses_nan_weights_and_keeps_the_old_checkpoint(tmp_path, digits):
+    from diffusion_lib.training import TrainingDiverged
+
+    trainer = Trainer(tiny_config("training.max_steps=1"), tmp_path, dataset=digits, progress=False)
+    path = trainer.train()
+    old = path.read_bytes()
+    with torch.no_grad():
+        next(trainer.ema.model.parameters()).fill_(float("inf"))
+    with pytest.raises(TrainingDiverged, match=r"a weight became NaN or infinite by step 1 .*\(step 1\) is kept"):
+        trainer.save(path)
+    assert path.read_bytes() == old
