@@ -267,8 +267,9 @@ class ExperimentConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def __post_init__(self):
-        bad = (not isinstance(self.name, str) or not self.name or self.name.startswith(".") or any(c in self.name for c in "/\\\0")
-               or any(not c.isprintable() for c in self.name))
+        name = self.name
+        bad = (not isinstance(name, str) or not name or name.startswith(".")
+               or any(c in "/\\" or not c.isprintable() for c in name))
         _require(not bad, f"name must be a plain folder name (it becomes runs/<name>): no '/', '\\', control "
                           f"characters or leading '.'; got {self.name!r}")
 

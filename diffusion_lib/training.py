@@ -350,7 +350,8 @@ class Trainer:
             bar.close()
         kept = (f"the last finite checkpoint {self.checkpoint_path} (step {self._saved_step}) is kept"
                 if self._saved_step is not None else "no checkpoint was written")
-        raise TrainingDiverged(f"training diverged: {what} (training.learning_rate={self.config.training.learning_rate}); "
+        lr = self.config.training.learning_rate
+        raise TrainingDiverged(f"training diverged: {what} (training.learning_rate={lr}); "
                                f"{kept}. Lower the learning rate, raise warmup_steps or set grad_clip")
 
     def train_step(self, x0: torch.Tensor, y: torch.Tensor | None) -> dict[str, torch.Tensor]:
