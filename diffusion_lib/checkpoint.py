@@ -104,7 +104,8 @@ def load_artifact(path: str | Path, kind: str, version: int = 1, *, required: Se
         raise ValueError(f"{path} contains code or objects other than tensors and plain data, and was refused "
                          "(only diffusion_lib artifacts are loaded)") from error
     except Exception as error:  # torch and json raise several types for truncated or corrupt files
-        raise ValueError(f"{path} is corrupt or not a torch file ({type(error).__name__}: {error})") from error
+        reason = " ".join(str(error).split())  # one line
+        raise ValueError(f"{path} is corrupt or not a torch file ({type(error).__name__}: {reason})") from error
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise ValueError(f"{path} is not a diffusion_lib {kind} file (no format={FORMAT!r} marker); "
                          "was it written by another library or an older version?")

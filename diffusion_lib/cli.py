@@ -10,6 +10,7 @@ from pathlib import Path
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .atomic import check_writable
     from .config import load_config
     from .training import Trainer
 
@@ -17,9 +18,10 @@ def _train(args: argparse.Namespace) -> int:
     output = Path(args.output or Path("runs") / config.name)
     if not args.resume and (output / "checkpoints" / "last.ckpt").exists():
         raise ValueError(f"{output} already holds a checkpoint; pass --resume to continue it or choose another --output")
+    check_writable(output, folder=True)  # before loading data and building the model
     trainer = Trainer(config, output, resume=args.resume, progress=not args.no_progress)
     print(f"training {config.name}: {sum(p.numel() for p in trainer.model.parameters()):,} parameters on "
-          f"{trainer.device}, {len(trainer.dataset)} images, steps {trainer.step} -> {config.training.max_steps}")
+          f"{trainer.device}, {len(trainer.dataset)} images, steps {trainer.step} -> {trainer.max_steps}")
     checkpoint = trainer.train()
     grid = trainer.save_samples(output / "samples" / "final.png")
     print(f"checkpoint: {checkpoint}\nsample grid: {grid}\nlog: {output / 'log.csv'}")
@@ -32,13 +34,18 @@ def _sampling_config(config, args: argparse.Namespace):
     DDPM without ``--num-inference-steps`` runs all T steps (the config's K is the DDIM default).
 
     Raises:
-        ValueError: an option the sampling config rejects (named as ``sampling.<key>``).
+        ValueError: ``--eta`` with a sampler other than DDIM, or an option the sampling config rejects
+            (named as ``sampling.<key>``: an unknown sampler, steps < 1, a guidance scale that is negative,
+            NaN or infinite, ...).
     """
     import dataclasses
 
     s = config.sampling
     sampler = args.sampler or s.sampler
-    steps = args.num_inference_steps or (s.num_inference_steps if sampler == "ddim" else None)
+    if args.eta is not None and sampler != "ddim":
+        raise ValueError(f"--eta applies to the DDIM sampler only; got --sampler {sampler}")
+    given = args.num_inference_steps
+    steps = given if given is not None else (s.num_inference_steps if sampler == "ddim" else None)
     s = s.override(guidance_scale=args.guidance_scale, eta=args.eta, variance_type=getattr(args, "variance_type", None),
                    clip_sample=False if getattr(args, "no_clip", False) else None)
     return dataclasses.replace(s, sampler=sampler, num_inference_steps=steps)
@@ -88,6 +95,7 @@ def _diffusion_samples(loaded, args: argparse.Namespace, labels, device) -> tupl
 def _sample(args: argparse.Namespace) -> int:
     import torch
 
+    from .atomic import check_writable
     from .checkpoint import load_model
     from .device import resolve_device
     from .models import is_conditional
@@ -102,6 +110,8 @@ def _sample(args: argparse.Namespace) -> int:
     if args.trajectory and (Path(args.trajectory).suffix.lower() not in (".gif", ".mp4") or args.trajectory_samples < 1):
         raise ValueError(f"--trajectory must end in .gif or .mp4 and --trajectory-samples be >= 1; got "
                          f"{args.trajectory}, {args.trajectory_samples}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1; got {args.batch_size}")
     device = resolve_device(args.device)
     loaded = load_model(args.checkpoint, device=device, use_ema=not args.no_ema)
     if loaded.schedule is None:
@@ -115,6 +125,8 @@ def _sample(args: argparse.Namespace) -> int:
         labels = cycle_labels(args.num_samples, num_classes) if num_classes else None
     if labels is None and args.guidance_scale not in (None, 0.0, 1.0):
         raise ValueError(f"--guidance-scale {args.guidance_scale} needs a class-conditional model")
+    _sampling_config(loaded.config, args)  # every option checked before sampling ...
+    check_writable(out)  # ... and the output too: a bad --out must not cost minutes of sampling
     images, used = _diffusion_samples(loaded, args, labels, device)
     if out.suffix == ".npz":
         save_npz(images, out, labels)
@@ -158,7 +170,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .atomic import atomic_write_text
+    from .atomic import atomic_write_text, check_writable
     from .checkpoint import load_model
     from .data import load_dataset
     from .device import resolve_device
@@ -174,10 +186,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None  # default: one file per setting (experiments.runs.evaluation_path)
     if out is not None and out.suffix != ".json":
         raise ValueError(f"--out must end in .json; got {out}")
+    if args.domain_steps is not None and args.domain_steps < 1:
+        raise ValueError(f"--domain-steps must be >= 1; got {args.domain_steps}")
     device = resolve_device(args.device)
     loaded = load_model(args.checkpoint, device=device)
     config, d = loaded.config, loaded.data
     report = {"checkpoint": str(args.checkpoint), "model": config.model.kind, "step": loaded.step, "seed": args.seed}
+    check_writable(out)  # before minutes of sampling and scoring
     start = time.perf_counter()
     labels = None
     if loaded.schedule is None:  # VAE: decode prior draws z ~ N(0, I)
@@ -189,11 +204,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         images = torch.cat([loaded.model.sample(min(batch_size, n - i), generator=generator).cpu()
                             for i in range(0, n, batch_size)])
     else:
-        if args.eta is not None and (args.sampler or config.sampling.sampler) != "ddim":
-            raise ValueError(f"--eta applies to the DDIM sampler only; got --sampler {args.sampler or config.sampling.sampler}")
         conditional = is_conditional(loaded.model)
         if not conditional and args.guidance_scale not in (None, 0.0, 1.0):
             raise ValueError(f"--guidance-scale {args.guidance_scale} needs a class-conditional model")
+        _sampling_config(config, args)  # every option checked before sampling
         labels = cycle_labels(n, d["num_classes"]) if conditional else None
         images, used = _diffusion_samples(loaded, args, labels, device)
         report.update(used, guidance_scale=used["guidance_scale"] if conditional else None)
@@ -240,7 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Sample from a trained diffusion checkpoint (EMA weights).")
     smp.add_argument("--checkpoint", required=True, help="a checkpoint written by `train` (…/checkpoints/last.ckpt)")
     smp.add_argument("--num-samples", type=int, default=100, help="how many images (default 100)")
-    smp.add_argument("--sampler", choices=["ddpm", "ddim"], help="reverse process (default: the config's)")
+    smp.add_argument("--sampler", metavar="NAME",  # checked by SamplingConfig against config.SAMPLER_NAMES
+                     help="reverse process: ddpm, ddim, ... (any of diffusion_lib.config.SAMPLER_NAMES; "
+                          "default: the config's)")
     smp.add_argument("--num-inference-steps", type=int,
                      help="sampler steps K (default: the config's for DDIM, all T for DDPM)")
     smp.add_argument("--guidance-scale", type=float,
@@ -276,8 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--num-samples", type=int, default=1000,
                     help="images to generate and score (default 1000; FID needs thousands to be stable, and "
                          "scores are only comparable at equal counts)")
-    ev.add_argument("--sampler", choices=["ddpm", "ddim"],
-                    help="reverse process of a diffusion checkpoint (default: the config's sampling.sampler)")
+    ev.add_argument("--sampler", metavar="NAME",  # checked by SamplingConfig against config.SAMPLER_NAMES
+                    help="reverse process of a diffusion checkpoint: ddpm, ddim, ... (any of "
+                         "diffusion_lib.config.SAMPLER_NAMES; default: the config's sampling.sampler)")
     ev.add_argument("--num-inference-steps", type=int,
                     help="sampler steps K (default: the config's for DDIM, all T for DDPM)")
     ev.add_argument("--guidance-scale", type=float,
@@ -384,17 +401,24 @@ def add_tracking_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """The errors reported as one line: bad values, missing files, and a missing dataset.
+    """The errors reported as one line with exit status 2: bad values, missing files, file-system
+    errors (``cannot write PATH: reason``: a full disk, a file where a folder should be, no permission),
+    and a missing dataset.
 
     ``DatasetUnavailableError`` is looked up only if its module is loaded (a command that raised
     it has loaded it), so parsing arguments never imports the data layer and torch.
     """
     sources = sys.modules.get(f"{__package__}.data.torchvision_sources")
-    return (ValueError, FileNotFoundError) + ((sources.DatasetUnavailableError,) if sources else ())
+    return (ValueError, OSError) + ((sources.DatasetUnavailableError,) if sources else ())
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; bad input exits with status 2 and a one-line message instead of a traceback."""
+    """Entry point; bad input exits with status 2 and a one-line message instead of a traceback.
+
+    Exit status: 0 done; 2 bad input or a file that cannot be read or written; 1 a diverged training run
+    (NaN/inf; the last finite checkpoint is kept); 128 + signal number (130 Ctrl-C, 143 SIGTERM) when
+    training was interrupted after saving its checkpoint.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -402,6 +426,15 @@ def main(argv: list[str] | None = None) -> int:
     except _user_errors() as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as error:  # training saved a checkpoint first (TrainingInterrupted)
+        print(f"interrupted: {error}" if str(error) else "interrupted", file=sys.stderr)
+        return 128 + getattr(error, "signum", 2)
+    except RuntimeError as error:
+        training = sys.modules.get(f"{__package__}.training")
+        if training is None or not isinstance(error, training.TrainingDiverged):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ Unknown keys and bad values raise ``ValueError`` naming the key. From the comman
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,8 +24,10 @@ from .atomic import atomic_write_text
 from .diffusion import PREDICTION_TYPES
 from .loggers import check_logger_names
 from .sampling import TIMESTEP_SPACINGS, VARIANCE_TYPES
-from .schedules import available_schedules
+from .schedules import _SCHEDULES, available_schedules
 
+# The samplers the config and the command line accept (``sampling.SAMPLERS`` holds their functions);
+# a static tuple, so a sampler added to sampling.py is added here too.
 SAMPLER_NAMES = ("ddpm", "ddim")
 MODEL_KINDS = ("unet", "vae")
 
@@ -82,6 +86,13 @@ class ModelConfig:
         _require(len(self.channel_mults) >= 1 and all(m >= 1 for m in self.channel_mults),
                  f"model.channel_mults must be a non-empty list of ints >= 1; got {self.channel_mults}")
         _require(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1); got {self.dropout}")
+        _require(self.latent_dim >= 1, f"model.latent_dim must be >= 1; got {self.latent_dim}")
+        if self.kind == "unet":  # the VAE ignores the UNet-only keys
+            for key in ("num_res_blocks", "num_heads", "norm_groups"):
+                _require(getattr(self, key) >= 1, f"model.{key} must be >= 1; got {getattr(self, key)}")
+            _require(all(0 <= level < len(self.channel_mults) for level in self.attention_levels),
+                     f"model.attention_levels must be level indices in [0, {len(self.channel_mults) - 1}]; "
+                     f"got {self.attention_levels}")
 
 
 @dataclass
@@ -109,6 +120,12 @@ class DiffusionConfig:
         _require(self.prediction_type in PREDICTION_TYPES,
                  f"diffusion.prediction_type must be one of {list(PREDICTION_TYPES)}; got {self.prediction_type!r}")
         _require(0.0 <= self.p_uncond <= 1.0, f"diffusion.p_uncond must be in [0, 1]; got {self.p_uncond}")
+        parameters = list(inspect.signature(_SCHEDULES[self.beta_schedule]).parameters.values())[1:]
+        accepted = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters)
+        unknown = [] if takes_any else sorted(set(self.schedule_kwargs) - set(accepted))
+        _require(not unknown, f"diffusion.schedule_kwargs {unknown} are not arguments of the {self.beta_schedule!r} "
+                              f"schedule; accepted: {accepted}")
 
 
 @dataclass
@@ -117,6 +134,9 @@ class TrainingConfig:
 
     Attributes:
         max_steps: optimiser steps in total (a resumed run continues up to this number).
+        max_epochs: passes over the training images in total, or None; training stops at whichever of
+            ``max_steps`` and ``max_epochs`` comes first. One epoch is ``len(dataset) // batch_size``
+            steps (each epoch is a fresh permutation; the last incomplete batch is dropped).
         batch_size: images per step.
         learning_rate: AdamW peak learning rate, reached after ``warmup_steps`` of linear warm-up.
         weight_decay: AdamW weight decay.
@@ -136,6 +156,7 @@ class TrainingConfig:
     """
 
     max_steps: int = 2000
+    max_epochs: int | None = None
     batch_size: int = 64
     learning_rate: float = 2e-4
     weight_decay: float = 0.0
@@ -156,6 +177,8 @@ class TrainingConfig:
     def __post_init__(self):
         for key in ("max_steps", "batch_size", "log_every", "checkpoint_every"):
             _require(getattr(self, key) >= 1, f"training.{key} must be >= 1; got {getattr(self, key)}")
+        _require(self.max_epochs is None or self.max_epochs >= 1,
+                 f"training.max_epochs must be >= 1 (or null: max_steps alone); got {self.max_epochs}")
         _require(self.learning_rate > 0, f"training.learning_rate must be > 0; got {self.learning_rate}")
         _require(0.0 <= self.ema_decay < 1.0, f"training.ema_decay must be in [0, 1); got {self.ema_decay}")
         for key in ("grad_clip", "warmup_steps", "sample_every"):
@@ -196,7 +219,8 @@ class SamplingConfig:
                  f"sampling.num_inference_steps must be >= 1 (or null: all T steps); got {self.num_inference_steps}")
         _require(self.num_inference_steps is not None or self.sampler == "ddpm",
                  "sampling.num_inference_steps must be set for the DDIM sampler; got null")
-        _require(self.guidance_scale >= 0, f"sampling.guidance_scale must be >= 0; got {self.guidance_scale}")
+        _require(math.isfinite(self.guidance_scale) and self.guidance_scale >= 0,
+                 f"sampling.guidance_scale must be >= 0 and finite; got {self.guidance_scale}")
         _require(0.0 <= self.eta <= 1.0, f"sampling.eta must be in [0, 1]; got {self.eta}")
         _require(self.timestep_spacing in TIMESTEP_SPACINGS, f"sampling.timestep_spacing must be one of "
                  f"{list(TIMESTEP_SPACINGS)}; got {self.timestep_spacing!r}")
@@ -237,7 +261,11 @@ class SamplingConfig:
 
 @dataclass
 class ExperimentConfig:
-    """One experiment: a name and the five sections above."""
+    """One experiment: a name and the five sections above.
+
+    ``name`` is also the default run folder ``runs/<name>``: a single folder name (no ``/`` or ``\\``,
+    not ``.`` or ``..``, no leading dot), so a config cannot send its output outside ``runs/``.
+    """
 
     name: str = "experiment"
     data: DataConfig = field(default_factory=DataConfig)
@@ -245,6 +273,13 @@ class ExperimentConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    def __post_init__(self):
+        name = self.name
+        bad = (not isinstance(name, str) or not name or name.startswith(".")
+               or any(c in "/\\" or not c.isprintable() for c in name))
+        _require(not bad, f"name must be a plain folder name (it becomes runs/<name>): no '/', '\\', control "
+                          f"characters or leading '.'; got {self.name!r}")
 
     def to_dict(self) -> dict:
         """Plain nested dict (YAML/JSON/checkpoint friendly)."""
@@ -297,11 +332,13 @@ def _coerce(kind: Any, value: Any, key: str) -> Any:
     if kind is float:
         if isinstance(value, str):  # PyYAML (YAML 1.1) reads 1e-3 as a string
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"config key {key} must be a number; got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"config key {key} must be a finite number; got {value!r}")
         return float(value)
     if kind is str:
         if not isinstance(value, str):
@@ -344,16 +381,31 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         The validated config.
 
     Raises:
-        ValueError: unreadable YAML, unknown keys, wrong types or bad values (the key is named).
+        ValueError: a folder, a file that is not UTF-8 or not valid YAML, a top level that is not a
+            mapping of sections, unknown keys, wrong types or bad values (the file or key is named).
         FileNotFoundError: ``path`` does not exist.
     """
     data: dict = {}
     if path is not None:
-        text = Path(path).read_text()
+        path = Path(path)
+        if path.is_dir():
+            raise ValueError(f"config file {path} is a folder, not a YAML file")
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
         try:
-            data = yaml.safe_load(text) or {}
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"config file {path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+        except OSError as error:
+            raise ValueError(f"cannot read config file {path}: {error.strerror or error}") from error
+        try:
+            data = yaml.safe_load(text)
         except yaml.YAMLError as error:
-            raise ValueError(f"config file {path} is not valid YAML: {error}") from error
+            raise ValueError(f"config file {path} is not valid YAML: {' '.join(str(error).split())}") from error
+        data = {} if data is None else data
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {path} must hold a mapping of sections (name, data, model, diffusion, "
+                             f"training, sampling); its top level is a {type(data).__name__}: {data!r:.80}")
     return from_dict(ExperimentConfig, apply_overrides(data, overrides))
 
 

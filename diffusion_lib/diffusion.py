@@ -27,6 +27,26 @@ def check_prediction_type(prediction_type: str) -> None:
         raise ValueError(f"unknown prediction_type {prediction_type!r}; accepted: {list(PREDICTION_TYPES)}")
 
 
+def check_finite(tensor: torch.Tensor, name: str) -> None:
+    """Raise ValueError unless every value of ``tensor`` is finite (no NaN, no inf).
+
+    For the public entries (loss, samplers) to call once on their inputs: it reads one bool on the
+    host (a GPU sync), so loops that run many steps check their own results instead.
+
+    Args:
+        tensor: any floating tensor (other dtypes are always finite).
+        name: what to call it in the message, e.g. "x0" or "noise".
+
+    Raises:
+        ValueError: naming ``name`` and how many values are NaN or inf.
+    """
+    if tensor.is_floating_point() or tensor.is_complex():
+        finite = torch.isfinite(tensor)
+        if not bool(finite.all()):
+            bad = int(finite.numel() - finite.sum())
+            raise ValueError(f"{name} holds {bad} NaN or infinite value(s) of {finite.numel()}; expected finite numbers")
+
+
 def q_sample(schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """Sample x_t ~ q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)  (Ho et al. 2020, eq. 4).
 
@@ -250,7 +270,7 @@ class TrainingLossOutput:
 
 def training_loss(model: nn.Module, schedule: NoiseSchedule, x0: torch.Tensor, y: torch.Tensor | None = None, *,
                   prediction_type: str = "epsilon", p_uncond: float = 0.0,
-                  generator: torch.Generator | None = None) -> TrainingLossOutput:
+                  generator: torch.Generator | None = None, check_inputs: bool = True) -> TrainingLossOutput:
     """The simplified DDPM objective on one batch (Ho et al. 2020, Algorithm 1; L_simple, eq. 14).
 
     With ``p_uncond`` > 0 each label is replaced by the model's null label with that probability,
@@ -266,18 +286,23 @@ def training_loss(model: nn.Module, schedule: NoiseSchedule, x0: torch.Tensor, y
         p_uncond: label-dropout probability in [0, 1]; needs a class-conditional model
             (:func:`~diffusion_lib.models.is_conditional`).
         generator: random source for t, eps and the dropout mask (same seed, same loss).
+        check_inputs: check that ``x0`` is finite (:func:`check_finite`, one host sync); the Trainer
+            passes False and watches the loss for NaN instead, so its steps never wait for the GPU.
 
     Returns:
         :class:`TrainingLossOutput`; ``loss`` is the mean squared error, a float scalar.
 
     Raises:
-        ValueError: bad ``prediction_type`` or ``p_uncond``, or label dropout on a model without a null label.
+        ValueError: bad ``prediction_type`` or ``p_uncond``, label dropout on a model without a null label,
+            or (``check_inputs``) NaN or infinite values in ``x0``.
     """
     check_prediction_type(prediction_type)
     if not 0.0 <= p_uncond <= 1.0:
         raise ValueError(f"p_uncond must be in [0, 1]; got {p_uncond}")
     if y is not None and p_uncond > 0 and not is_conditional(model):
         raise ValueError("p_uncond > 0 needs a conditional model with a null label (ConditionalUNet)")
+    if check_inputs:
+        check_finite(x0, "x0")
     # Start
     t = sample_timesteps(schedule, x0, generator)  # Alg. 1 line 3: t ~ U{1..T}, here 0..T-1
     noise = randn(x0.shape, generator, x0.device)  # Alg. 1 line 4: eps ~ N(0, I)

@@ -6,6 +6,16 @@ and the samples. Everything that decides what happens next (weights, EMA,
 optimizer, learning-rate schedule, step, every random generator and the data order) is saved in
 the checkpoint, so a resumed run continues exactly where the interrupted one stopped.
 
+What stops a run, and what it leaves on disk:
+
+- ``max_steps`` or ``max_epochs`` reached: the final checkpoint;
+- Ctrl-C (SIGINT) or ``docker stop`` / ``kill`` (SIGTERM): the step in flight finishes, a checkpoint
+  is saved, :class:`TrainingInterrupted` is raised; ``resume=True`` continues exactly;
+- a NaN or infinite loss or gradient (a diverged run): :class:`TrainingDiverged` names the step; no
+  checkpoint is written from then on, so the last finite one stays (checked without a per-step GPU
+  sync: a flag accumulates on the device and is read at log rows and before every save, which also
+  checks that every weight is finite).
+
 Output folder::
 
     config.yaml           the resolved config
@@ -34,7 +44,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .atomic import atomic_write_text
+from .atomic import WriteError, atomic_write_text, clean_stale_temporaries, make_folder
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ExperimentConfig, save_config
 from .device import resolve_device
@@ -78,17 +88,56 @@ class EMA:
         return min(self.decay, (1 + n) / (10 + n))
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT (Ctrl-C) or SIGTERM (``docker stop``) after saving a checkpoint.
+
+    Attributes:
+        signum: the signal received (``signal.SIGINT`` or ``signal.SIGTERM``).
+    """
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or a gradient became NaN or infinite (or a weight did); the message names the step
+    and the last finite checkpoint, which is kept."""
+
+
+DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 @contextlib.contextmanager
-def _deferred_sigint(on_interrupt):
-    """Within the block, Ctrl-C calls ``on_interrupt`` instead of raising mid-step (main thread only)."""
+def _deferred_signals(on_signal):
+    """Within the block, SIGINT and SIGTERM call ``on_signal(signum)`` instead of stopping the process
+    mid-step (main thread only: elsewhere Python cannot install handlers)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: on_interrupt())
+    previous = {signum: signal.signal(signum, lambda signum, frame: on_signal(signum)) for signum in DEFERRED_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def total_steps(training, num_images: int) -> int:
+    """The step at which a run ends: ``max_steps``, or ``max_epochs`` epochs if that comes first.
+
+    Args:
+        training: a :class:`~diffusion_lib.config.TrainingConfig`.
+        num_images: training images; an epoch is ``num_images // batch_size`` steps (at least 1; the
+            batch is at most the dataset), as the Trainer draws them.
+
+    Returns:
+        The number of optimiser steps, >= 1.
+    """
+    if training.max_epochs is None:
+        return training.max_steps
+    steps_per_epoch = max(1, num_images // min(training.batch_size, num_images))
+    return min(training.max_steps, training.max_epochs * steps_per_epoch)
 
 
 def build_network(config: ExperimentConfig, channels: int, image_size: int, num_classes: int) -> nn.Module:
@@ -149,10 +198,14 @@ class Trainer:
         resume: continue from ``output_dir/checkpoints/last.ckpt`` (which must exist).
         progress: show a tqdm progress bar.
 
+    Nothing is written until :meth:`train`: the model is built and runs one forward pass on a real
+    image here, so a config that cannot train (image size not divisible, bad heads) fails before
+    any file exists.
+
     Raises:
-        ValueError: bad config, data that does not fit the model, labels outside [0, num_classes - 1] for a
-            conditional model (checked once here, not at every forward pass), or a resume checkpoint from
-            another experiment.
+        ValueError: bad config, data that does not fit the model (one forward pass is tried), labels
+            outside [0, num_classes - 1] for a conditional model (checked once here, not at every forward
+            pass), or a resume checkpoint from another experiment.
         FileNotFoundError: ``resume`` without a checkpoint.
     """
 
@@ -189,15 +242,36 @@ class Trainer:
             self.optimizer, lambda step: min(1.0, (step + 1) / (t.warmup_steps + 1)))
         self.amp_dtype = self._amp_dtype()
         self.grad_scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self._check_forward()
         self.generator = torch.Generator(self.device).manual_seed(t.seed)   # noise, timesteps, label dropout
         self.data_generator = torch.Generator().manual_seed(t.seed + 1)     # data order
         self.step = 0
         self.is_main_process = True  # only the main process writes logs, trackers and run.json (DDP: rank 0)
         self.grad_norm = None  # global gradient norm before clipping, of the last step (a tensor)
+        self.max_steps = total_steps(t, len(dataset))  # max_steps, or max_epochs first
         self._order = torch.empty(0, dtype=torch.long)
         self._cursor = 0
+        self._first_bad_step = torch.zeros((), dtype=torch.long, device=self.device)  # 0: every step finite
+        self._saved_step: int | None = None
         if resume:
             self.load(self.checkpoint_path)
+            self._saved_step = self.step
+
+    def _check_forward(self) -> None:
+        """One loss evaluation on two real images (eval mode, no grad, a throwaway generator: no random
+        state of the run is touched), so a model that does not fit the data fails before anything is written.
+
+        Raises:
+            ValueError: the model's own message (e.g. image size not divisible by its downsampling factor).
+        """
+        x0, y = self.dataset.get_batch(torch.arange(min(2, len(self.dataset))))
+        y = y.to(self.device) if self.conditional else None
+        self.model.eval()
+        try:
+            with torch.no_grad(), self._autocast():
+                self.objective.loss(self.model, x0.to(self.device), y, torch.Generator(self.device).manual_seed(0))
+        finally:
+            self.model.train()
 
     @property
     def checkpoint_path(self) -> Path:
@@ -207,17 +281,26 @@ class Trainer:
     # ----- the loop ------------------------------------------------------------------------------
 
     def train(self, max_steps: int | None = None) -> Path:
-        """Train until ``max_steps`` (default ``config.training.max_steps``) and save the final checkpoint.
+        """Train until ``max_steps`` (default :attr:`max_steps`: ``training.max_steps``, or ``training.max_epochs``
+        epochs if that comes first) and save the final checkpoint.
 
-        Ctrl-C (SIGINT) is deferred to the end of the current step: the step finishes, a checkpoint
-        is saved and KeyboardInterrupt is raised, so ``resume=True`` continues exactly from there.
+        Ctrl-C (SIGINT) and SIGTERM (``docker stop``) are deferred to the end of the current step: the step
+        finishes, a checkpoint is saved and :class:`TrainingInterrupted` (a KeyboardInterrupt) is raised, so
+        ``resume=True`` continues exactly from there.
 
         Returns:
             The path of the last checkpoint.
+
+        Raises:
+            TrainingDiverged: a NaN or infinite loss, gradient or weight; the message names the step. The
+                last checkpoint written before it (all finite) is kept.
+            TrainingInterrupted: SIGINT or SIGTERM, after the checkpoint is saved.
+            WriteError: the output folder cannot be written (``cannot write PATH: reason``).
         """
         t = self.config.training
-        max_steps = t.max_steps if max_steps is None else max_steps
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        max_steps = self.max_steps if max_steps is None else max_steps
+        make_folder(self.output_dir)
+        clean_stale_temporaries(self.checkpoint_path)  # left by a process killed while saving
         save_config(self.config, self.output_dir / "config.yaml")
         log = self._open_log()
         trackers = open_trackers(self.config, self.output_dir, self.step, enabled=self.is_main_process)
@@ -226,7 +309,7 @@ class Trainer:
         bar = tqdm(total=max_steps, initial=self.step, desc=self.config.name, disable=not self.progress, dynamic_ncols=True)
         window_seconds, window_images = 0.0, 0  # training time only: sampling and checkpoints excluded
         interrupted = []
-        with _deferred_sigint(lambda: interrupted.append(True)), contextlib.ExitStack() as finish:
+        with _deferred_signals(interrupted.append), contextlib.ExitStack() as finish:
             finish.callback(lambda: self._finish_tracking(trackers, summary, time.perf_counter() - session_start))
             while self.step < max_steps and not interrupted:
                 start = time.perf_counter()
@@ -246,16 +329,49 @@ class Trainer:
                                                      "ema_decay": self.ema.current_decay})
                     bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{images_per_sec:.0f}")
                     window_seconds, window_images = 0.0, 0
+                    self._raise_if_diverged(bar)
                 if t.sample_every and self.step % t.sample_every == 0:
+                    self._raise_if_diverged(bar)
                     grid = self.save_samples(self.output_dir / "samples" / f"step_{self.step:07d}.png")
                     trackers.log_image(self.step, "samples", read_png(grid))
                 if self.step % t.checkpoint_every == 0 and self.step < max_steps:
-                    self.save(self.checkpoint_path)
+                    self._save_if_finite(bar)
             bar.close()
-            self.save(self.checkpoint_path)  # before run.json says "finished" (the ExitStack's callback)
+            self._save_if_finite(bar)  # before run.json says "finished" (the ExitStack's callback)
         if interrupted:
-            raise KeyboardInterrupt(f"training interrupted at step {self.step}; checkpoint saved to {self.checkpoint_path}")
+            name = signal.Signals(interrupted[0]).name
+            raise TrainingInterrupted(f"training interrupted by {name} at step {self.step}; checkpoint saved to "
+                                      f"{self.checkpoint_path} (continue with resume=True / --resume)", interrupted[0])
         return self.checkpoint_path
+
+    def _raise_if_diverged(self, bar=None) -> None:
+        """Raise :class:`TrainingDiverged` if a step since the start had a NaN or infinite loss or gradient
+        (reads the device flag: one host sync)."""
+        bad = int(self._first_bad_step)
+        if bad:
+            self._diverged(f"the loss or gradient was NaN or infinite at step {bad}", bar)
+
+    def _save_if_finite(self, bar=None) -> None:
+        """Save the checkpoint unless training diverged (or, checked by :meth:`save`, a weight is not finite)."""
+        self._raise_if_diverged(bar)
+        if bar is not None and not self._weights_finite():
+            bar.close()
+        self.save(self.checkpoint_path)
+        self._saved_step = self.step
+
+    def _weights_finite(self) -> bool:
+        """Every weight of the model and its EMA is finite (one host sync)."""
+        tensors = [t for t in (*self.model.parameters(), *self.ema.model.parameters()) if t.is_floating_point()]
+        return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+    def _diverged(self, what: str, bar=None) -> None:
+        if bar is not None:
+            bar.close()
+        kept = (f"the last finite checkpoint {self.checkpoint_path} (step {self._saved_step}) is kept"
+                if self._saved_step is not None else "no checkpoint was written")
+        lr = self.config.training.learning_rate
+        raise TrainingDiverged(f"training diverged: {what} (training.learning_rate={lr}); "
+                               f"{kept}. Lower the learning rate, raise warmup_steps or set grad_clip")
 
     def train_step(self, x0: torch.Tensor, y: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """One optimiser step on a batch; returns the loss terms as detached scalar tensors (no host sync)."""
@@ -264,14 +380,19 @@ class Trainer:
             loss, terms = self.objective.loss(self.model, x0, y, self.generator)
         self.optimizer.zero_grad(set_to_none=True)
         self.grad_scaler.scale(loss).backward()
+        bad = ~torch.isfinite(loss.detach())
         if t.grad_clip > 0:
             self.grad_scaler.unscale_(self.optimizer)
             self.grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+            if not self.grad_scaler.is_enabled():  # fp16's scaler skips steps with inf gradients by design
+                bad = bad | ~torch.isfinite(self.grad_norm)
         self.grad_scaler.step(self.optimizer)
         self.grad_scaler.update()
         self.lr_scheduler.step()
         self.ema.update(self.model)
         self.step += 1
+        # remember the first non-finite step on the device (no host sync; read at log rows and saves)
+        self._first_bad_step = torch.where(bad & (self._first_bad_step == 0), self.step, self._first_bad_step)
         return terms
 
     def _grad_norm_value(self) -> float:
@@ -326,9 +447,12 @@ class Trainer:
         atomic_write_text(path, kept.getvalue())
 
         def log(row: dict) -> None:
-            with path.open("a", newline="") as handle:
-                csv.DictWriter(handle, fieldnames=fields).writerow(
-                    {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+            try:
+                with path.open("a", newline="") as handle:
+                    csv.DictWriter(handle, fieldnames=fields).writerow(
+                        {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+            except OSError as error:
+                raise WriteError(error.errno, error.strerror or str(error), str(path)) from error
 
         return log
 
@@ -389,7 +513,14 @@ class Trainer:
                 "num_classes": d.num_classes, "class_names": list(d.class_names or []), "num_images": len(d)}
 
     def save(self, path: str | Path) -> Path:
-        """Write a checkpoint atomically."""
+        """Write a checkpoint atomically, if every weight (model and EMA) is finite.
+
+        Raises:
+            TrainingDiverged: a NaN or infinite weight; nothing is written (the previous file stays).
+            WriteError: the file system refused (``cannot write PATH: reason``).
+        """
+        if not self._weights_finite():
+            self._diverged(f"a weight became NaN or infinite by step {self.step}")
         save_checkpoint(self.state_dict(), path)
         return Path(path)
 
@@ -426,8 +557,9 @@ class Trainer:
 
 
 # Config keys that do not change the weights at a given step: a checkpoint that differs only here is reused.
-# (max_steps only says where to stop: a resumed run equals an uninterrupted one, so a shorter run is continued.)
-REUSABLE_DIFFERENCES = ("name", "training.max_steps", "training.device", "training.log_every",
+# (max_steps and max_epochs only say where to stop: a resumed run equals an uninterrupted one, so a shorter
+# run is continued.)
+REUSABLE_DIFFERENCES = ("name", "training.max_steps", "training.max_epochs", "training.device", "training.log_every",
                         "training.sample_every", "training.checkpoint_every", "training.loggers",
                         "training.wandb_project", "training.wandb_group", "sampling.")
 
@@ -446,7 +578,8 @@ def load_or_train(config: ExperimentConfig | str | Path, output_dir: str | Path,
 
     What happens, by the state of ``output_dir/checkpoints/last.ckpt``:
 
-    - it exists, was trained with the same settings and stopped at exactly ``training.max_steps``: loaded;
+    - it exists, was trained with the same settings and stopped at exactly ``training.max_steps`` (or at
+      ``training.max_epochs`` epochs, if that comes first): loaded;
     - same settings, fewer steps (an interrupted run, or max_steps raised): training resumes and finishes
       (the result equals an uninterrupted run: the Trainer's resume is exact);
     - it does not exist, it went past ``max_steps``, or a setting that shapes the weights differs (data,
@@ -487,8 +620,9 @@ def load_or_train(config: ExperimentConfig | str | Path, output_dir: str | Path,
     if path.exists():
         state = load_checkpoint(path)
         same = _weight_settings(from_dict(ExperimentConfig, state["config"])) == _weight_settings(config)
-        resume = same and state["step"] <= config.training.max_steps
-        if resume and state["step"] == config.training.max_steps:
+        end = total_steps(config.training, state["data"].get("num_images", 0) or 1)
+        resume = same and state["step"] <= end
+        if resume and state["step"] == end:
             loaded = load_model(path, device=device)
             loaded.config = config
             return loaded

@@ -154,3 +154,23 @@ def test_a_missing_dataset_is_a_one_line_error(monkeypatch, capsys):
     monkeypatch.setattr(cli, "_train", train)
     assert main(["train", "--config", "configs/digits_cfg.yaml"]) == 2
     assert "error: flowers102 is not in datasets/" in capsys.readouterr().err
+
+
+def test_sample_checks_its_output_before_sampling(checkpoint, tmp_path, monkeypatch, capsys):
+    import diffusion_lib.sampling
+
+    def must_not_sample(*args, **kwargs):
+        raise AssertionError("sampled before checking --out")
+
+    monkeypatch.setattr(diffusion_lib.sampling, "sample", must_not_sample)
+    (tmp_path / "a_file").write_text("x")
+    for out in ("/sys/samples.png", str(tmp_path / "a_file" / "s.npz"), str(tmp_path) + "/folder.png"):
+        if out.endswith("folder.png"):
+            (tmp_path / "folder.png").mkdir()
+        assert main(["sample", "--checkpoint", str(checkpoint), "--num-samples", "2", "--out", out, "--no-progress"]) == 2
+        assert capsys.readouterr().err.startswith(f"error: cannot write {out}: ")
+
+
+def test_a_directory_given_as_checkpoint_is_reported_as_a_folder(checkpoint, tmp_path, capsys):
+    assert main(["sample", "--checkpoint", str(checkpoint.parent), "--out", str(tmp_path / "a.png")]) == 2
+    assert "is a folder, not a file" in capsys.readouterr().err

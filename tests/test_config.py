@@ -94,3 +94,50 @@ def test_sampler_kwargs_run_the_sampler(tiny_unet_model):
         out = sample(tiny_unet_model, schedule, shape=(2, 1, 8, 8), generator=torch.Generator().manual_seed(0),
                      **settings.sampler_kwargs(conditional=False))
         assert out.images.shape == (2, 1, 8, 8)
+
+
+PART3 = ["stanford_cars_uncond", "stanford_cars_cfg", "celeba_uncond", "flowers102_uncond"]
+
+
+@pytest.mark.parametrize("name", PART3)
+def test_part3_configs_validate_build_and_need_their_own_data(name, tmp_path):
+    """Each real-data config loads, counts in epochs, builds a network that runs at 64 px, and without
+    its files stops with the manual layout (never another dataset). Nothing is trained or downloaded."""
+    import torch
+
+    from diffusion_lib.data import DatasetUnavailableError, load_dataset
+    from diffusion_lib.training import build_network, total_steps
+
+    config = load_config(Path(__file__).parent.parent / "configs" / f"{name}.yaml")
+    assert config.name == name and config.data.image_size == 64 and config.training.max_epochs >= 1
+    assert total_steps(config.training, 8144) < config.training.max_steps  # epochs end the run, not the cap
+    conditional = name.endswith("_cfg")
+    assert config.model.conditional == conditional and (config.diffusion.p_uncond > 0) == conditional
+    torch.manual_seed(0)
+    model = build_network(config, channels=3, image_size=64, num_classes=196 if conditional else 0)
+    y = torch.tensor([195]) if conditional else None
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 64, 64), torch.tensor([999]), y).shape == (1, 3, 64, 64)
+    options = {**config.data.options, "root": tmp_path, "download": False}
+    with pytest.raises(DatasetUnavailableError, match=r"(?s)not found or incomplete.*Expected layout|Known sources"):
+        load_dataset(config.data.source, image_size=config.data.image_size, **options)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_stanford_cars_stops_training_with_the_manual_layout(tmp_path, capsys):
+    from diffusion_lib.cli import main
+
+    config = Path(__file__).parent.parent / "configs" / "stanford_cars_cfg.yaml"
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--set", f"data.options.root={tmp_path / 'data'}",
+                 "--output", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "error: stanford_cars: not found or incomplete" in err and "cars_train" in err and "Known mirrors" in err
+    assert not out.exists() and not (tmp_path / "data").exists()
+
+
+def test_max_epochs_is_validated_and_optional():
+    assert load_config(None).training.max_epochs is None
+    assert load_config(None, ["training.max_epochs=3"]).training.max_epochs == 3
+    with pytest.raises(ValueError, match="training.max_epochs must be >= 1"):
+        load_config(None, ["training.max_epochs=0"])

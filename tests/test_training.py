@@ -260,3 +260,124 @@ def test_load_or_train_trains_once_then_loads(tmp_path, digits):
                           device="cpu", progress=False, dataset=digits)
     assert other.step == 2 and other.config.diffusion.prediction_type == "v_prediction"
     assert load_model(ckpt).config.diffusion.prediction_type == "v_prediction"
+
+
+def _nan_loss_at(monkeypatch, bad_step: int):
+    """Make the training loss NaN at step ``bad_step`` (the forward check in Trainer.__init__ runs without grad
+    and is not counted)."""
+    from diffusion_lib.objectives import DiffusionObjective
+
+    real, calls = DiffusionObjective.loss, []
+
+    def loss(self, model, x0, y, generator):
+        value, terms = real(self, model, x0, y, generator)
+        if torch.is_grad_enabled():
+            calls.append(1)
+            if len(calls) == bad_step:
+                value = value * float("nan")
+                terms = {"loss": value.detach()}
+        return value, terms
+
+    monkeypatch.setattr(DiffusionObjective, "loss", loss)
+
+
+def _finite(state: dict) -> bool:
+    return all(torch.isfinite(v).all() for key in ("model", "ema") for v in state[key].values()
+               if v.is_floating_point())
+
+
+def test_a_nan_loss_stops_training_naming_the_step_and_keeps_the_last_finite_checkpoint(tmp_path, monkeypatch, capsys):
+    from diffusion_lib.cli import main
+
+    _nan_loss_at(monkeypatch, bad_step=6)
+    args = ["train", "--config", "configs/digits_cfg.yaml", "--output", str(tmp_path), "--no-progress"]
+    for item in TINY + ["training.max_steps=12", "training.log_every=2", "training.checkpoint_every=4"]:
+        args += ["--set", item]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: training diverged: ")
+    assert "NaN or infinite at step 6" in err and "(step 4) is kept" in err
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert state["step"] == 4 and _finite(state)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.ckpt"]
+    assert not (tmp_path / "samples").exists()  # no sample grid of NaN weights either
+
+
+def test_a_nan_between_log_rows_is_caught_before_the_next_save(tmp_path, digits, monkeypatch):
+    from diffusion_lib.training import TrainingDiverged
+
+    _nan_loss_at(monkeypatch, bad_step=3)
+    trainer = Trainer(tiny_config("training.max_steps=8", "training.log_every=100"), tmp_path, dataset=digits,
+                      progress=False)
+    with pytest.raises(TrainingDiverged, match=r"at step 3 .*no checkpoint was written"):
+        trainer.train()
+    assert trainer.step == 4 and not trainer.checkpoint_path.exists()  # checked at the step-4 checkpoint
+
+
+def test_a_huge_learning_rate_diverges_without_writing_nan_weights(tmp_path, digits):
+    from diffusion_lib.training import TrainingDiverged
+
+    trainer = Trainer(tiny_config("training.max_steps=8", "training.learning_rate=1e30", "training.warmup_steps=0",
+                                  "training.grad_clip=0"), tmp_path, dataset=digits, progress=False)
+    with pytest.raises(TrainingDiverged, match=r"training diverged: .*step \d"):
+        trainer.train()
+    assert not trainer.checkpoint_path.exists() or _finite(load_checkpoint(trainer.checkpoint_path))
+    with pytest.raises(ValueError, match="training.learning_rate must be a finite number; got inf"):
+        tiny_config("training.learning_rate=.inf")
+
+
+def test_max_epochs_ends_the_run_first_and_resumes_exactly(tmp_path, digits):
+    from diffusion_lib.training import total_steps
+
+    small = digits.subset(torch.arange(100))  # 100 images, batch 16: 6 steps an epoch
+    config = tiny_config("training.max_steps=1000", "training.max_epochs=2")
+    assert total_steps(config.training, len(small)) == 12
+    assert total_steps(tiny_config("training.max_steps=5", "training.max_epochs=2").training, len(small)) == 5
+    straight = Trainer(config, tmp_path / "a", dataset=small, progress=False)
+    assert straight.max_steps == 12
+    straight.train()
+    assert straight.step == 12
+    first = Trainer(config, tmp_path / "b", dataset=small, progress=False)
+    first.train(max_steps=7)
+    resumed = Trainer(config, tmp_path / "b", dataset=small, resume=True, progress=False)
+    resumed.train()
+    assert resumed.step == 12 and torch.equal(params(resumed.model), params(straight.model))
+
+
+def test_a_model_that_cannot_run_fails_before_anything_is_written(tmp_path):
+    small = load_dataset("digits", image_size=10)
+    with pytest.raises(ValueError, match=r"image size \(10, 10\) is not divisible"):
+        Trainer(tiny_config("model.channel_mults=[1, 2, 2]", "data.image_size=10"), tmp_path / "run", dataset=small,
+                progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_training_removes_temporaries_of_a_killed_save(tmp_path, digits):
+    import subprocess
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir(parents=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    from diffusion_lib.atomic import _host_tag
+
+    host = _host_tag().rsplit("-", 1)[0]
+    stale = folder / f".last.ckpt.{host}-{dead.pid}.abc123.tmp.ckpt"
+    stale.write_bytes(b"half a checkpoint")
+    other_host = folder / f".last.ckpt.otherhost-{dead.pid}.abc123.tmp.ckpt"
+    other_host.write_bytes(b"maybe in flight elsewhere")
+    Trainer(tiny_config("training.max_steps=1"), tmp_path, dataset=digits, progress=False).train()
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["last.ckpt", other_host.name])
+
+
+def test_save_refuses_nan_weights_and_keeps_the_old_checkpoint(tmp_path, digits):
+    from diffusion_lib.training import TrainingDiverged
+
+    trainer = Trainer(tiny_config("training.max_steps=1"), tmp_path, dataset=digits, progress=False)
+    path = trainer.train()
+    old = path.read_bytes()
+    with torch.no_grad():
+        next(trainer.ema.model.parameters()).fill_(float("inf"))
+    with pytest.raises(TrainingDiverged, match=r"a weight became NaN or infinite by step 1 .*\(step 1\) is kept"):
+        trainer.save(path)
+    assert path.read_bytes() == old

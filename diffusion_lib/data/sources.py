@@ -336,12 +336,20 @@ def _npy_pixels(arr: np.ndarray) -> np.ndarray:
     from [-1, 1] when a negative value occurs, else from [0, 1]; anything else from [0, 255].
 
     Raises:
-        ValueError: values outside [0, 255], [0, 1] and [-1, 1] (the message gives the range found).
+        ValueError: NaN or infinite values (the message counts them), or values outside [0, 255],
+            [0, 1] and [-1, 1] (the message gives the range found).
     """
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype == np.bool_:
         return arr.astype(np.uint8) * 255
+    if not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(f"array values must be numbers; got dtype {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.inexact):
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        if bad:
+            raise ValueError(f"array holds {bad} NaN or infinite value(s) of {arr.size} ({arr.dtype}); "
+                             "images must be finite numbers")
     lo, hi = float(arr.min(initial=0)), float(arr.max(initial=0))
     floating = np.issubdtype(arr.dtype, np.floating)
     if floating and lo >= -1.0 and hi <= 1.0:
@@ -371,8 +379,8 @@ def npy(image_size: int | None = None, path=None, labels_path=None, class_names=
         ImageDataset.
 
     Raises:
-        ValueError: missing/unreadable file, bad shape, value range, label count or
-            non-square images with ``image_size=None``.
+        ValueError: missing/unreadable file, bad shape, NaN or infinite values, value range,
+            label count or non-square images with ``image_size=None``.
     """
     if path is None:
         raise ValueError("npy needs path=<file.npy>")
@@ -380,6 +388,14 @@ def npy(image_size: int | None = None, path=None, labels_path=None, class_names=
         arr = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot read images from {str(path)!r}: {e}") from e
+    try:
+        return _npy_dataset(arr, image_size, path, labels_path, class_names)
+    except ValueError as e:
+        raise ValueError(f"{str(path)!r}: {e}") from e
+
+
+def _npy_dataset(arr, image_size, path, labels_path, class_names) -> ImageDataset:
+    """:func:`npy` after the file is read: shape, pixels, crop, labels."""
     if arr.ndim == 3:
         arr = arr[..., None]
     elif arr.ndim == 4 and arr.shape[-1] not in (1, 3) and arr.shape[1] in (1, 3):

@@ -6,16 +6,20 @@ Each source first looks for the files under ``root`` (torchvision's own layout).
 are missing and ``download=True``, it checks within seconds that the download host
 answers, then lets torchvision download and extract into a hidden temporary folder
 under ``root`` that is moved into place only when complete (deleted on any failure),
-so a broken download never leaves a folder that later looks valid. Whatever fails
+so a broken download never leaves a folder that later looks valid. Archives are
+extracted with Python's ``tarfile`` "data" filter (:func:`safe_tar_extraction`): a member
+with an absolute path, ``..``, or a link out of the folder is refused. Whatever fails
 raises :class:`DatasetUnavailableError`, whose message says what failed, where to put
 manually downloaded files, the expected layout and the known mirrors.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
+import tarfile
 import tempfile
 import threading
 import time
@@ -128,6 +132,27 @@ def _unavailable(name: str, root: Path, what: str) -> DatasetUnavailableError:
                                    f"under {root.resolve()}.\n" + MANUAL[name].format(root=root))
 
 
+@contextlib.contextmanager
+def safe_tar_extraction():
+    """Within the block, every ``tarfile`` extraction that does not choose a filter (torchvision's
+    ``extract_archive`` does not) uses :func:`tarfile.data_filter` (PEP 706): members with absolute
+    paths, ``..`` components, links pointing outside the destination, device files or setuid bits
+    raise :class:`tarfile.FilterError` instead of being written.
+
+    Sets the class attribute ``tarfile.TarFile.extraction_filter`` and restores it on exit.
+    """
+    missing = object()
+    previous = tarfile.TarFile.__dict__.get("extraction_filter", missing)
+    tarfile.TarFile.extraction_filter = staticmethod(tarfile.data_filter)
+    try:
+        yield
+    finally:
+        if previous is missing:
+            del tarfile.TarFile.extraction_filter
+        else:
+            tarfile.TarFile.extraction_filter = previous
+
+
 def probe(url: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
     """Check within ``timeout`` seconds that ``url``'s host answers HTTP (any status).
 
@@ -181,7 +206,8 @@ def _acquire(name: str, root: Path, download: bool, make):
     old_timeout = socket.getdefaulttimeout()
     try:
         socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
-        make(tmp, True)
+        with safe_tar_extraction():  # a path-traversing archive member fails the download
+            make(tmp, True)
         for entry in tmp.iterdir():  # complete: move into place (old incomplete copies set aside)
             dest = root / entry.name
             if dest.exists():

@@ -162,7 +162,8 @@ class UNet(nn.Module):
         num_res_blocks: ResBlocks per level.
         attention_levels: indices of the levels (0 = full resolution) that get self-attention
             after each ResBlock; level i runs at H / 2^i. The MidBlock always has attention.
-        num_heads: attention heads.
+        num_heads: attention heads, an int >= 1 dividing the channels of every level with attention
+            (and of the last level: the MidBlock always attends).
         dropout: dropout probability inside ResBlocks (Ho et al. used 0.1 on CIFAR-10).
         norm_groups: GroupNorm groups; must divide every level's channel count.
 
@@ -185,6 +186,10 @@ class UNet(nn.Module):
                              f"got {in_channels}, {base_channels}, {num_res_blocks}, {channel_mults}")
         if any(level not in range(len(channel_mults)) for level in attention_levels):
             raise ValueError(f"attention_levels {attention_levels} must be level indices in [0, {len(channel_mults) - 1}]")
+        if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
+            raise ValueError(f"num_heads must be an int >= 1; got {num_heads!r}")
+        if isinstance(norm_groups, bool) or not isinstance(norm_groups, int) or norm_groups < 1:
+            raise ValueError(f"norm_groups must be an int >= 1; got {norm_groups!r}")
         level_channels = [base_channels * m for m in channel_mults]
         if any(c % norm_groups for c in level_channels):
             raise ValueError(f"norm_groups={norm_groups} must divide every level's channels {level_channels}")
