@@ -289,7 +289,7 @@ def dpm_solver_sample(model: nn.Module, schedule: NoiseSchedule, shape: Sequence
                       progress: bool = False) -> SamplerOutput:
     """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion
     Probabilistic Models", Algorithm 2): a second-order multistep solver of the diffusion ODE in its
-    data-prediction form, deterministic given x_T, good in 10-20 steps where DDIM needs about 50.
+    data-prediction form, deterministic given x_T; Lu et al. report good guided samples in 10-20 steps.
 
     With alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t) and the half log-SNR
     lambda_t = log(alpha_t / sigma_t), each step from t to the next timestep t' (h = lambda_t' - lambda_t) is
@@ -306,7 +306,8 @@ def dpm_solver_sample(model: nn.Module, schedule: NoiseSchedule, shape: Sequence
     output before the solver sees it; clipping replaces x0_hat by its clipped value and re-derives eps
     (the rule of :func:`ddim_sample`). Without clipping, with ``solver_order=2``,
     ``solver_type="midpoint"``, ``algorithm_type="dpmsolver++"`` and the same betas and spacing, the
-    result equals diffusers'.
+    result equals diffusers'; with clipping it equals diffusers' run on the clipped prediction (diffusers'
+    scheduler has no ``clip_sample``; its ``thresholding`` is Imagen's dynamic thresholding, another rule).
 
     Args:
         num_inference_steps: K network evaluations, on :func:`dpm_solver_timesteps` (K in [1, T - 1], or
@@ -324,7 +325,7 @@ def dpm_solver_sample(model: nn.Module, schedule: NoiseSchedule, shape: Sequence
                    prediction_type, classifier, classifier_scale, generator, capture_steps, dpm_solver_timesteps)
     x, y, model_y, last = setup.x, setup.y, setup.model_y, len(setup.timesteps) - 1
     w, s = guidance_scale, classifier_scale  # the papers' symbols
-    abar = torch.cat([setup.alphas_cumprod, setup.alphas_cumprod_prev[-1:]])  # abar of t_0 .. t_K, 1 (clean) last
+    abar = torch.cat([setup.alphas_cumprod, setup.alphas_cumprod_prev[-1:]])  # the K timesteps', then 1 (clean)
     lambdas = abar.sqrt().log() - (1 - abar).sqrt().log()  # lambda_t = log(alpha_t / sigma_t); +inf when clean
     x0_last = h_last = None
     for i, timestep in enumerate(tqdm(setup.timesteps.tolist(), desc="DPM-Solver++", disable=not progress)):
