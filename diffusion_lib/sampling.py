@@ -1,10 +1,11 @@
-"""Reverse-process samplers: DDPM ancestral sampling and DDIM, with classifier-free and classifier guidance.
+"""Reverse-process samplers: DDPM ancestral sampling, DDIM and DPM-Solver++(2M), with classifier-free and
+classifier guidance.
 
-Both samplers walk a descending sub-sequence of the training timesteps (all T of them by default
-for DDPM). Each step, written out between ``# Start`` and ``# End`` in :func:`ddpm_sample` and
-:func:`ddim_sample`, does in this order: the network call with classifier-free guidance; the
-prediction of x_0 and eps; classifier guidance (if any); clipping of x_0 to [-1, 1] with eps
-re-derived from the clipped x_0; the sampler's update from x_t to x_{t_prev}.
+The samplers walk a descending sub-sequence of the training timesteps (all T of them by default
+for DDPM). Each step, written out between ``# Start`` and ``# End`` in :func:`ddpm_sample`,
+:func:`ddim_sample` and :func:`dpm_solver_sample`, does in this order: the network call with
+classifier-free guidance; the prediction of x_0 and eps; classifier guidance (if any); clipping of
+x_0 to [-1, 1] with eps re-derived from the clipped x_0; the sampler's update from x_t to x_{t_prev}.
 
 The guidance rules live in :mod:`diffusion_lib.guidance` (scale ``w`` as in diffusers: 0 unconditional,
 1 conditional, > 1 guided; Ho & Salimans' w' = w - 1). Labels and guidance settings are validated once,
@@ -83,11 +84,41 @@ def inference_timesteps(num_train_timesteps: int, num_inference_steps: int, spac
         ascending = torch.arange(K) * (T // K)
     elif spacing == "trailing":
         ascending = (torch.round(T - torch.arange(K, dtype=torch.float64) * (T / K)) - 1).long().flip(0)
-    elif spacing == "linspace":
-        ascending = torch.linspace(0, T - 1, K, dtype=torch.float64).round().long()
+    elif spacing == "linspace":  # as numpy.linspace computes it (i * step), so .5 ties round as in diffusers
+        ascending = (torch.arange(K, dtype=torch.float64) * ((T - 1) / max(K - 1, 1))).round().long()
     else:
         raise ValueError(f"unknown timestep spacing {spacing!r}; accepted: {list(TIMESTEP_SPACINGS)}")
     return ascending.flip(0).long()
+
+
+def dpm_solver_timesteps(num_train_timesteps: int, num_inference_steps: int, spacing: str = "linspace") -> torch.Tensor:
+    """The descending timesteps DPM-Solver++ visits, placed as diffusers' ``DPMSolverMultistepScheduler`` places them.
+
+    The solver's last step runs from the smallest of these timesteps to clean data (alpha_bar = 1), so
+    t = 0 is not spent as a step of its own: "leading" and "linspace" are the K + 1 timesteps of
+    :func:`inference_timesteps` without their final 0; "trailing" is :func:`inference_timesteps`' own
+    (it ends at T/K - 1, so 0 only for K = T).
+
+    Args:
+        num_train_timesteps: T.
+        num_inference_steps: K, in [1, T - 1] for "leading" and "linspace", in [1, T] for "trailing".
+        spacing: one of :data:`TIMESTEP_SPACINGS`.
+
+    Returns:
+        int64 tensor (K,), strictly decreasing, values in [0, T-1].
+
+    Raises:
+        ValueError: K outside its range or an unknown spacing.
+    """
+    T, K = num_train_timesteps, num_inference_steps
+    if spacing not in TIMESTEP_SPACINGS:
+        raise ValueError(f"unknown timestep spacing {spacing!r}; accepted: {list(TIMESTEP_SPACINGS)}")
+    if spacing == "trailing":
+        return inference_timesteps(T, K, spacing)
+    if isinstance(K, bool) or not isinstance(K, numbers.Integral) or not 1 <= K <= T - 1:
+        raise ValueError(f"num_inference_steps must be an int in [1, num_train_timesteps - 1 = {T - 1}] for "
+                         f"DPM-Solver with {spacing!r} spacing; got {K!r}")
+    return inference_timesteps(T, int(K) + 1, spacing)[:-1]
 
 
 def predict_x0_and_eps(model: nn.Module, schedule: NoiseSchedule, x_t: torch.Tensor, t: int, *,
@@ -248,11 +279,83 @@ def ddim_sample(model: nn.Module, schedule: NoiseSchedule, shape: Sequence[int] 
     return SamplerOutput(x.clamp(-1, 1), y, setup.recorder.result())
 
 
-SAMPLERS: dict[str, Callable[..., SamplerOutput]] = {"ddpm": ddpm_sample, "ddim": ddim_sample}
+@torch.no_grad()
+def dpm_solver_sample(model: nn.Module, schedule: NoiseSchedule, shape: Sequence[int] | None = None, *,
+                      noise: torch.Tensor | None = None, y: torch.Tensor | None = None, guidance_scale: float = 1.0,
+                      num_inference_steps: int = 20, timestep_spacing: str = "linspace",
+                      prediction_type: str = "epsilon", clip_sample: bool = True,
+                      classifier: nn.Module | None = None, classifier_scale: float = 0.0,
+                      generator: torch.Generator | None = None, capture_steps: Sequence[int] | str | None = None,
+                      progress: bool = False) -> SamplerOutput:
+    """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion
+    Probabilistic Models", Algorithm 2): a second-order multistep solver of the diffusion ODE in its
+    data-prediction form, deterministic given x_T; Lu et al. report good guided samples in 10-20 steps.
+
+    With alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t) and the half log-SNR
+    lambda_t = log(alpha_t / sigma_t), each step from t to the next timestep t' (h = lambda_t' - lambda_t) is
+
+        D = x0_hat + (x0_hat - x0_hat_previous) / (2 r),   r = h_previous / h            (Alg. 2 lines 7-8)
+        x_t' = (sigma_t' / sigma_t) x_t - alpha_t' (e^-h - 1) D                          (Alg. 2 line 9)
+             = alpha_t' (x0_hat + (1 - e^-h) (D - x0_hat)) + sigma_t' eps_hat
+
+    the second line being the first with x_t = alpha_t x0_hat + sigma_t eps_hat substituted: with D = x0_hat
+    (first order, Alg. 2 line 4) it is DDIM's eta = 0 update. The first step is first order (the
+    algorithm has no previous x0_hat yet), and so is the last, which goes to clean data (abar = 1,
+    lambda = +inf, where r = 0): it returns that step's x0_hat, as DDIM's last step and diffusers'
+    ``DPMSolverMultistepScheduler`` (final_sigmas_type="zero") do. Guidance is applied to the network
+    output before the solver sees it; clipping replaces x0_hat by its clipped value and re-derives eps
+    (the rule of :func:`ddim_sample`). Without clipping, with ``solver_order=2``,
+    ``solver_type="midpoint"``, ``algorithm_type="dpmsolver++"`` and the same betas and spacing, the
+    result equals diffusers'; with clipping it equals diffusers' run on the clipped prediction (diffusers'
+    scheduler has no ``clip_sample``; its ``thresholding`` is Imagen's dynamic thresholding, another rule).
+
+    Args:
+        num_inference_steps: K network evaluations, on :func:`dpm_solver_timesteps` (K in [1, T - 1], or
+            [1, T] for "trailing").
+        timestep_spacing: "linspace" (default, as diffusers' scheduler: starts at T - 1), "leading" or "trailing".
+        Others: as for :func:`ddim_sample`.
+
+    Returns:
+        :class:`SamplerOutput`, as for :func:`ddpm_sample`.
+
+    Raises:
+        ValueError: bad names, steps, shapes, labels or guidance settings.
+    """
+    setup = _setup(model, schedule, shape, noise, y, guidance_scale, num_inference_steps, timestep_spacing,
+                   prediction_type, classifier, classifier_scale, generator, capture_steps, dpm_solver_timesteps)
+    x, y, model_y, last = setup.x, setup.y, setup.model_y, len(setup.timesteps) - 1
+    w, s = guidance_scale, classifier_scale  # the papers' symbols
+    abar = torch.cat([setup.alphas_cumprod, setup.alphas_cumprod_prev[-1:]])  # the K timesteps', then 1 (clean)
+    lambdas = abar.sqrt().log() - (1 - abar).sqrt().log()  # lambda_t = log(alpha_t / sigma_t); +inf when clean
+    x0_last = h_last = None
+    for i, timestep in enumerate(tqdm(setup.timesteps.tolist(), desc="DPM-Solver++", disable=not progress)):
+        x_t, t, abar_t, abar_next = x, setup.t(i), setup.alphas_cumprod[i], setup.alphas_cumprod_prev[i]
+        alpha_next, sigma_next, lambda_t, lambda_next = abar_next.sqrt(), (1 - abar_next).sqrt(), *lambdas[i:i + 2]
+        # Start
+        out = guided_prediction(model, x_t, t, model_y, w)  # network, CFG: Ho & Salimans eq. 6
+        x0, eps = prediction_to_x0_eps(out, x_t, abar_t, prediction_type)  # Alg. 2's x_theta; eps
+        grad = classifier_log_prob_grad(classifier, x_t, t, y) if s else 0  # D&N eq. 14: gradient
+        eps = classifier_guided_eps(eps, grad, abar_t, s)  # D&N eq. 14: eps - s sigma_t grad
+        x0 = x0_from_eps(x_t, eps, abar_t) if s else x0  # Alg. 2's x_theta of the guided eps
+        x0 = x0.clamp(-1, 1) if clip_sample else x0  # clip x_theta to [-1, 1] before Alg. 2 line 8
+        eps = eps_from_x0(x_t, x0, abar_t) if clip_sample else eps  # eq. 4: eps of the clipped x0
+        h = lambda_next - lambda_t  # Alg. 2 line 1: h_i = lambda_{t_i} - lambda_{t_{i-1}}
+        order = 2 if 0 < i < last else 1  # Alg. 2: line 4 first and last, lines 6-9 between
+        r = h_last / h if order == 2 else 1  # Alg. 2 line 7: r_i = h_{i-1} / h_i
+        D = x0 + (x0 - x0_last) / (2 * r) if order == 2 else x0  # Alg. 2 line 8 (line 4: x_theta)
+        x = alpha_next * (x0 - torch.expm1(-h) * (D - x0)) + sigma_next * eps  # Alg. 2 line 9
+        x0_last, h_last = x0, h  # Alg. 2 lines 5 and 10: buffer x_theta (and h_i)
+        # End
+        setup.recorder(i, timestep, x_t, x0)
+    return SamplerOutput(x.clamp(-1, 1), y, setup.recorder.result())
+
+
+SAMPLERS: dict[str, Callable[..., SamplerOutput]] = {"ddpm": ddpm_sample, "ddim": ddim_sample,
+                                                     "dpmsolver++": dpm_solver_sample}
 
 
 def sample(model: nn.Module, schedule: NoiseSchedule, sampler: str = "ddim", **kwargs) -> SamplerOutput:
-    """Run the sampler named ``sampler`` ("ddpm" or "ddim") with ``kwargs``.
+    """Run the sampler named ``sampler`` ("ddpm", "ddim" or "dpmsolver++"; see :data:`SAMPLERS`) with ``kwargs``.
 
     Raises:
         ValueError: unknown sampler name.
@@ -269,7 +372,7 @@ def cycle_labels(num_samples: int, num_classes: int) -> torch.Tensor:
     return torch.arange(num_samples) % num_classes
 
 
-# --- set-up shared by both samplers ---------------------------------------------------------------
+# --- set-up shared by the samplers ---------------------------------------------------------------
 
 
 class _Recorder:
@@ -298,7 +401,7 @@ class _Recorder:
 
 @dataclass
 class _Setup:
-    """What both samplers prepare before the loop: x_T, validated labels, timesteps and their alpha_bars."""
+    """What the samplers prepare before the loop: x_T, validated labels, timesteps and their alpha_bars."""
 
     x: torch.Tensor
     y: torch.Tensor | None
@@ -314,8 +417,12 @@ class _Setup:
 
 
 def _setup(model, schedule, shape, noise, y, guidance_scale, num_inference_steps, timestep_spacing, prediction_type,
-           classifier, classifier_scale, generator, capture_steps) -> _Setup:
-    """Validate the arguments common to both samplers (once) and prepare x_T, the timesteps and their alpha_bars."""
+           classifier, classifier_scale, generator, capture_steps, timesteps_fn=inference_timesteps) -> _Setup:
+    """Validate the arguments common to the samplers (once) and prepare x_T, the timesteps and their alpha_bars.
+
+    ``timesteps_fn(T, K, spacing)`` places the timesteps (:func:`inference_timesteps` or
+    :func:`dpm_solver_timesteps`); after the last one comes alpha_bar = 1 (clean data).
+    """
     check_prediction_type(prediction_type)
     device = next(model.parameters()).device
     if noise is None and shape is None:
@@ -326,7 +433,7 @@ def _setup(model, schedule, shape, noise, y, guidance_scale, num_inference_steps
     y = check_guidance_inputs(model, y, x.shape[0], guidance_scale, device, classifier, classifier_scale)
     model_y = y if is_conditional(model) else None  # an unconditional UNet under classifier guidance: classifier only
     schedule = schedule.to(device)
-    timesteps = inference_timesteps(schedule.num_train_timesteps, num_inference_steps, timestep_spacing)
+    timesteps = timesteps_fn(schedule.num_train_timesteps, num_inference_steps, timestep_spacing)
     alphas_cumprod = schedule.alphas_cumprod[timesteps.to(device)]
     alphas_cumprod_prev = torch.cat([alphas_cumprod[1:], torch.ones(1, device=device)])
     recorder = _Recorder(capture_steps, len(timesteps))

@@ -9,12 +9,12 @@ import tokenize
 import pytest
 
 from diffusion_lib.diffusion import training_loss
-from diffusion_lib.sampling import ddim_sample, ddpm_sample
+from diffusion_lib.sampling import ddim_sample, ddpm_sample, dpm_solver_sample
 from diffusion_lib.course.regions import region_source
 
 MAX_LINES, MAX_CHARS = 15, 100
 CITATION = re.compile(r"(eq\.|Alg\.)")
-REGIONS = [training_loss, ddpm_sample, ddim_sample]
+REGIONS = [training_loss, ddpm_sample, ddim_sample, dpm_solver_sample]
 
 
 def _lines(func):
@@ -65,7 +65,7 @@ def test_every_region_line_cites_its_equation_in_a_trailing_comment(func):
         assert CITATION.search(comments[number]), f"{func.__name__} line {number} cites no eq./Alg.: {line!r}"
 
 
-@pytest.mark.parametrize("func", [ddpm_sample, ddim_sample], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("func", [ddpm_sample, ddim_sample, dpm_solver_sample], ids=lambda f: f.__name__)
 def test_sampling_regions_show_guidance_prediction_clipping_update_in_order_and_no_instrumentation(func):
     source = region_source(func)
     order = ["guided_prediction(", "prediction_to_x0_eps(", ".clamp(-1, 1)", "eps_from_x0(", "x = "]

@@ -1,4 +1,7 @@
-"""DDPM and DDIM against diffusers' schedulers, guidance identities, seeding and bad inputs."""
+"""DDPM and DDIM against diffusers' schedulers, guidance identities, seeding and bad inputs.
+
+DPM-Solver++ has its own oracle tests in tests/test_dpm_solver.py; the shared behaviour is parametrized here.
+"""
 
 import pytest
 import torch
@@ -11,7 +14,7 @@ from diffusion_lib.sampling import (cycle_labels, ddim_sample, ddpm_sample, infe
 
 
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
-@pytest.mark.parametrize("steps", [1, 10, 50, 1000])
+@pytest.mark.parametrize("steps", [1, 10, 27, 31, 50, 1000])  # 27, 31: linspace hits a .5 tie
 def test_timesteps_equal_diffusers(spacing, steps):
     ref = DDIMScheduler(num_train_timesteps=1000, timestep_spacing=spacing)
     ref.set_timesteps(steps)
@@ -90,7 +93,7 @@ def test_clipping_rederives_eps_consistently(tiny_cond_unet, schedule):
     torch.testing.assert_close(abar.sqrt() * x0 + (1 - abar).sqrt() * eps, x, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmsolver++"])
 def test_same_seed_same_samples(tiny_cond_unet, schedule, sampler):
     def run(seed):
         return sample(tiny_cond_unet, schedule, sampler, shape=(4, 1, 8, 8), y=cycle_labels(4, 3), guidance_scale=2.0,
@@ -155,7 +158,7 @@ def test_classifier_guidance_works_on_an_unconditional_unet(tiny_unet, schedule)
                     classifier=classifier, classifier_scale=1.0)
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmsolver++"])
 def test_samplers_return_the_validated_int64_labels(tiny_cond_unet, schedule, sampler):
     out = sample(tiny_cond_unet, schedule, sampler, shape=(3, 1, 8, 8), y=[0, 2, 1], num_inference_steps=2)
     assert isinstance(out.labels, torch.Tensor) and out.labels.dtype == torch.int64
