@@ -19,7 +19,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "schedules": ("NoiseSchedule", "register_schedule", "available_schedules"),
     "diffusion": ("q_sample", "q_posterior", "to_x0_and_eps", "training_loss"),
     "models": ("UNet", "ConditionalUNet", "VAE", "Classifier"),
-    "sampling": ("ddpm_sample", "ddim_sample", "sample"),
+    "sampling": ("ddpm_sample", "ddim_sample", "dpm_solver_sample", "sample"),
     "training": ("Trainer", "load_or_train"),
     "config": ("ExperimentConfig", "SamplingConfig", "load_config"),
     "checkpoint": ("load_model",),

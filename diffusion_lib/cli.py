@@ -45,7 +45,7 @@ def _sampling_config(config, args: argparse.Namespace):
     if args.eta is not None and sampler != "ddim":
         raise ValueError(f"--eta applies to the DDIM sampler only; got --sampler {sampler}")
     given = args.num_inference_steps
-    steps = given if given is not None else (s.num_inference_steps if sampler == "ddim" else None)
+    steps = given if given is not None else (s.num_inference_steps if sampler != "ddpm" else None)
     s = s.override(guidance_scale=args.guidance_scale, eta=args.eta, variance_type=getattr(args, "variance_type", None),
                    clip_sample=False if getattr(args, "no_clip", False) else None)
     return dataclasses.replace(s, sampler=sampler, num_inference_steps=steps)

@@ -28,7 +28,7 @@ from .schedules import _SCHEDULES, available_schedules
 
 # The samplers the config and the command line accept (``sampling.SAMPLERS`` holds their functions);
 # a static tuple, so a sampler added to sampling.py is added here too.
-SAMPLER_NAMES = ("ddpm", "ddim")
+SAMPLER_NAMES = ("ddpm", "ddim", "dpmsolver++")
 MODEL_KINDS = ("unet", "vae")
 
 
@@ -193,7 +193,8 @@ class SamplingConfig:
     command line, sweeps and notebooks all read them from here (:meth:`sampler_kwargs`).
 
     Attributes:
-        sampler: "ddpm" (Ho et al. 2020, Alg. 2) or "ddim" (Song et al. 2021, eq. 12).
+        sampler: "ddpm" (Ho et al. 2020, Alg. 2), "ddim" (Song et al. 2021, eq. 12) or "dpmsolver++"
+            (DPM-Solver++(2M), Lu et al. 2022, Alg. 2).
         num_inference_steps: K steps of the sampler, 1 <= K <= T; None (DDPM only) runs all T steps.
         guidance_scale: classifier-free guidance w as in diffusers (0 unconditional, 1 conditional,
             > 1 guided); Ho & Salimans' w is ours - 1. Used for conditional models only.
@@ -218,7 +219,7 @@ class SamplingConfig:
         _require(self.num_inference_steps is None or self.num_inference_steps >= 1,
                  f"sampling.num_inference_steps must be >= 1 (or null: all T steps); got {self.num_inference_steps}")
         _require(self.num_inference_steps is not None or self.sampler == "ddpm",
-                 "sampling.num_inference_steps must be set for the DDIM sampler; got null")
+                 f"sampling.num_inference_steps must be set for the {self.sampler} sampler (null: DDPM only)")
         _require(math.isfinite(self.guidance_scale) and self.guidance_scale >= 0,
                  f"sampling.guidance_scale must be >= 0 and finite; got {self.guidance_scale}")
         _require(0.0 <= self.eta <= 1.0, f"sampling.eta must be in [0, 1]; got {self.eta}")
@@ -248,7 +249,7 @@ class SamplingConfig:
 
         Returns:
             sampler, num_inference_steps, guidance_scale, timestep_spacing, clip_sample, and ``eta``
-            (DDIM) or ``variance_type`` (DDPM). The model's ``prediction_type`` comes from the
+            (DDIM) or ``variance_type`` (DDPM); DPM-Solver++ takes neither. The model's ``prediction_type`` comes from the
             diffusion config, not from here.
         """
         kwargs = dict(sampler=self.sampler, num_inference_steps=self.num_inference_steps,
@@ -256,7 +257,9 @@ class SamplingConfig:
                       timestep_spacing=self.timestep_spacing, clip_sample=self.clip_sample)
         if self.sampler == "ddim":
             return {**kwargs, "eta": self.eta}
-        return {**kwargs, "variance_type": self.variance_type}
+        if self.sampler == "ddpm":
+            return {**kwargs, "variance_type": self.variance_type}
+        return kwargs
 
 
 @dataclass

@@ -17,6 +17,8 @@ sweep the scales live in :mod:`diffusion_lib.experiments.guidance`.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -133,12 +135,12 @@ def check_guidance_inputs(model: nn.Module, y, batch: int, guidance_scale: float
         int64 (N,) labels on ``device``, or None.
 
     Raises:
-        ValueError: w < 0; w not in {0, 1} without labels or with an unconditional model; s != 0 without a
+        ValueError: w < 0, NaN or inf; w not in {0, 1} without labels or with an unconditional model; s != 0 without a
             classifier; classifier guidance without labels; labels for an unconditional model without
             classifier guidance; labels of the wrong shape or outside [0, num_classes - 1].
     """
-    if guidance_scale < 0:
-        raise ValueError(f"guidance_scale must be >= 0; got {guidance_scale}")
+    if not math.isfinite(guidance_scale) or guidance_scale < 0:
+        raise ValueError(f"guidance_scale must be a finite number >= 0; got {guidance_scale}")
     if classifier_scale is not None and classifier_scale != 0 and classifier is None:
         raise ValueError(f"classifier_scale={classifier_scale} needs the noise-conditioned classifier= "
                          "(classifier guidance); pass one or use classifier_scale=0")

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .device import randn
-from .diffusion import check_prediction_type, eps_from_x0, prediction_to_x0_eps, x0_from_eps
+from .diffusion import check_finite, check_prediction_type, eps_from_x0, prediction_to_x0_eps, x0_from_eps
 from .guidance import check_guidance_inputs, classifier_guided_eps, classifier_log_prob_grad, guided_prediction
 from .models import is_conditional
 from .schedules import NoiseSchedule, posterior_coefficients
@@ -428,6 +428,8 @@ def _setup(model, schedule, shape, noise, y, guidance_scale, num_inference_steps
     if noise is None and shape is None:
         raise ValueError("give either shape=(N, C, H, W) or the starting noise")
     x = noise.to(device).float() if noise is not None else randn(tuple(shape), generator, device)
+    if noise is not None:
+        check_finite(x, "noise")  # one host read per sampling call
     if x.ndim != 4:
         raise ValueError(f"samples must be (N, C, H, W); got shape {tuple(x.shape)}")
     y = check_guidance_inputs(model, y, x.shape[0], guidance_scale, device, classifier, classifier_scale)

@@ -55,7 +55,7 @@ def test_bad_override_syntax():
     ("sampling:\n  timestep_spacing: middle\n", "sampling.timestep_spacing must be one of"),
     ("sampling:\n  variance_type: learned\n", "sampling.variance_type must be one of"),
     ("sampling:\n  eta: 2\n", r"sampling.eta must be in \[0, 1\]"),
-    ("sampling:\n  num_inference_steps: null\n", "must be set for the DDIM sampler"),
+    ("sampling:\n  num_inference_steps: null\n", "must be set for the ddim sampler"),
 ])
 def test_bad_sampling_settings_name_the_key(tmp_path, text, message):
     path = tmp_path / "bad.yaml"

@@ -54,9 +54,9 @@ class SamplerSetting:
 
     Attributes:
         sampler: "ddpm" (Ho et al. 2020, Alg. 2, respaced when steps < T), "ddim" (Song et al. 2021,
-            eq. 12), or ``"diffusers:<name>"`` for a diffusers scheduler on our model
+            eq. 12), "dpmsolver++" (Lu et al. 2022, Alg. 2), or ``"diffusers:<name>"`` for a diffusers scheduler on our model
             (:func:`diffusion_lib.interop.sample_with_diffusers_scheduler`; names as in ``interop.SCHEDULERS``).
-        steps: num_inference_steps K in [1, T]; None: all T for DDPM, 50 otherwise.
+        steps: num_inference_steps K in [1, T]; None: all T for DDPM, 20 for DPM-Solver++, 50 otherwise.
         eta: DDIM stochasticity in [0, 1] (DDIM only; None: 0).
         variance_type: DDPM's "fixed_small" or "fixed_large" (DDPM only; None: "fixed_small").
         guidance_scale: classifier-free w (0 unconditional, 1 conditional, > 1 guided); None: the sweep's.
@@ -178,8 +178,11 @@ def _run_setting(model, schedule, setting: SamplerSetting, x_T, labels, guidance
         extra = dict(eta=0.0 if setting.eta is None else setting.eta, num_inference_steps=setting.steps or 50)
     elif setting.sampler == "ddpm":
         extra = dict(variance_type=setting.variance_type or "fixed_small", num_inference_steps=setting.steps)
+    elif setting.sampler == "dpmsolver++":
+        extra = dict(num_inference_steps=setting.steps or 20)
     else:
-        raise ValueError(f"unknown sampler {setting.sampler!r}; accepted: 'ddpm', 'ddim', '{DIFFUSERS_PREFIX}<name>'")
+        raise ValueError(f"unknown sampler {setting.sampler!r}; accepted: 'ddpm', 'ddim', 'dpmsolver++', "
+                         f"'{DIFFUSERS_PREFIX}<name>'")
     if setting.eta is not None and setting.sampler != "ddim":
         raise ValueError(f"eta applies to DDIM only; got it for {setting.sampler!r} ({setting.name})")
     if setting.variance_type is not None and setting.sampler != "ddpm":
