@@ -43,10 +43,10 @@ def _horizon(names: tuple[str, ...], num_train_timesteps: int = T) -> dict[str, 
     from diffusion_lib.data import load_dataset
     from diffusion_lib.experiments.forward import structure_horizon, structure_table, timestep_grid
 
-    pixels = load_dataset("digits").pixels[:256]
+    pixels = load_dataset("digits").pixels[:128]
     x0 = pixels.permute(0, 3, 1, 2).float() / 127.5 - 1.0
     schedules = {name: NoiseSchedule(name, num_train_timesteps) for name in names}
-    table = structure_table(schedules, x0, timesteps=timestep_grid(num_train_timesteps, 40), seed=0)
+    table = structure_table(schedules, x0, timesteps=timestep_grid(num_train_timesteps, 30), seed=0)
     horizon = structure_horizon(table)["correlation"]
     return {name: num_train_timesteps if horizon.isna()[name] else int(horizon[name]) for name in names}
 
