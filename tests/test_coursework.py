@@ -121,7 +121,8 @@ def test_release_is_clean(course):
     texts = {p.relative_to(out).as_posix(): p.read_text(encoding="utf-8", errors="replace")
              for p in out.rglob("*") if p.is_file() and p.suffix in (".py", ".ipynb", ".md", ".yaml", ".yml")}
     for marker in ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS"):
-        assert not [rel for rel, text in texts.items() if H + marker in text], marker
+        # not even mid-line in code or notebooks (docs may name the markers inline; find_leaks checks lines)
+        assert not [rel for rel, text in texts.items() if H + marker in text and rel.endswith((".py", ".ipynb"))], marker
     for hidden in ("test_each_sample_sees_its_own_label", "_ReferenceConditionalUNet", "test_valid_for_every_length"):
         assert not [rel for rel, text in texts.items() if hidden in text], hidden
     for rel in course["solution_files"]:
