@@ -24,6 +24,11 @@ ARG USER_UID=1000
 ARG USER_GID=1000
 # Empty: torch/torchvision from PyPI (CUDA 13). Otherwise a PyTorch wheel index URL.
 ARG TORCH_INDEX_URL=""
+# Two images from this one file: "instructor" (built from the instructor repository: solutions, hidden
+# tests) and "student" (built from the folder `python -m diffusion_lib course release` writes; it holds
+# coursework/release_manifest.json). "auto" takes the edition from the build context; "instructor" or
+# "student" make the build fail on the wrong context. The edition is written to /etc/diffusion-lib-edition.
+ARG COURSE_EDITION=auto
 
 ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -67,6 +72,18 @@ RUN pip install --no-cache-dir --no-deps -e . \
     && install -D -m 0644 docker/overrides.json "$(python -c 'import sys; print(sys.prefix)')/share/jupyter/lab/settings/overrides.json" \
     && chmod 0755 docker/entrypoint.sh docker/start-lab.sh \
     && chown -R "${USER_UID}:${USER_GID}" /workspace
+
+# The library is installed editable (above), so the notebooks import /workspace/diffusion_lib, the
+# folder docker-compose.yml bind-mounts from the host: a student's edits are what runs, and they stay
+# on the host across `docker compose down` / `up`.
+RUN edition=instructor; \
+    if [[ -f coursework/release_manifest.json ]]; then edition=student; fi; \
+    if [[ "${COURSE_EDITION}" != auto && "${COURSE_EDITION}" != "${edition}" ]]; then \
+        echo "COURSE_EDITION=${COURSE_EDITION}, but the build context is the ${edition} edition" \
+             "(build the student image from the release folder)" >&2; \
+        exit 1; \
+    fi; \
+    echo "${edition}" > /etc/diffusion-lib-edition
 
 ENV HOME=/home/student
 USER ${USER_UID}:${USER_GID}

@@ -225,9 +225,11 @@ def drop_labels(y: torch.Tensor | None, model: nn.Module, p_uncond: float,
     """
     if y is None or p_uncond == 0:
         return y
+    ### BEGIN SOLUTION [3.2b]
     source = generator.device if generator is not None else y.device
     drop = torch.rand(y.shape[0], generator=generator, device=source).to(y.device) < p_uncond
     return torch.where(drop, torch.full_like(y, model.null_label), y)
+    ### END SOLUTION
 
 
 def regression_target(schedule: NoiseSchedule, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,

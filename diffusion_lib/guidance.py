@@ -38,7 +38,9 @@ def classifier_free_guidance(out_uncond: torch.Tensor, out_cond: torch.Tensor, g
     Returns:
         (B, C, H, W) guided output, in the inputs' dtype.
     """
+    ### BEGIN SOLUTION [3.2b]
     return out_uncond + guidance_scale * (out_cond - out_uncond)
+    ### END SOLUTION
 
 
 def guided_prediction(model: nn.Module, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None,
@@ -67,11 +69,13 @@ def guided_prediction(model: nn.Module, x_t: torch.Tensor, t: torch.Tensor, y: t
         raise ValueError("labels/guidance need a class-conditional model (ConditionalUNet); this model is unconditional")
     if guidance_scale == 1.0:
         return model(x_t, t, y).float()
+    ### BEGIN SOLUTION [3.2b]
     null = torch.full_like(y, model.null_label)
     if guidance_scale == 0.0:
         return model(x_t, t, null).float()
     out_uncond, out_cond = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([null, y])).chunk(2)
     return classifier_free_guidance(out_uncond, out_cond, guidance_scale).float()
+    ### END SOLUTION
 
 
 def classifier_log_prob_grad(classifier: nn.Module, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

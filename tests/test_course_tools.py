@@ -370,9 +370,20 @@ def test_grade_twice_gives_the_same_lines(graded, course):
 def test_grade_sandbox_keeps_instructor_files(graded):
     sandboxed, why_not = graded["sandbox"]
     if not sandboxed:
-        pytest.skip(f"sandbox not available here: {why_not}")
+        pytest.skip(f"sandbox not available here (grade as root with util-linux's unshare): {why_not}")
     assert graded["sentinel"].read_text() == "keep me"
-    assert {k: graded["rows"]["malicious"][k] for k in FULL} == FULL
+    malicious = graded["rows"]["malicious"]
+    assert {k: malicious[k] for k in FULL} == FULL  # its code works; its attempt is reported, not scored
+    assert malicious["status"] == "graded"
+    assert "tried to change 1 file(s) outside its folder" in malicious["note"]
+    assert f"os.remove {graded['sentinel']}" in malicious["note"] and "blocked" in malicious["note"]
+    assert "outside its folder" in (graded["out"] / "feedback/malicious.md").read_text()
+    assert all("outside its folder" not in row["note"] for name, row in graded["rows"].items() if name != "malicious")
+
+    from nbgrader.api import Gradebook
+    with Gradebook(f"sqlite:///{graded['out'] / 'gradebook.db'}") as gb:
+        line = gb.find_comment("grader_status", "library", "coursework", "malicious").auto_comment
+    assert line.startswith("graded: ") and "outside its folder" in line
 
 def test_course_cli_help_is_light():
     # the course commands add no heavy import of their own (torch only if the package itself loads it)

@@ -35,6 +35,10 @@ MOUNTS = {
     "/workspace/datasets": "datasets",
     "/workspace/runs": "runs",
     "/workspace/outputs": "outputs",
+    # coursework (issue 11): the student's library, homework notebooks and written answers persist
+    "/workspace/diffusion_lib": "diffusion_lib",
+    "/workspace/homework": "homework",
+    "/workspace/coursework/answers": "coursework/answers",
 }
 CACHE_TARGET = "/home/student/.cache"
 FULL_SUITE = "docker compose run --rm lab python -m diffusion_lib notebooks run --profile full"
@@ -451,3 +455,73 @@ def test_entrypoint_runs_the_command_and_refuses_unwritable_mounts():
         assert result.returncode == 1 and "command-ran" not in result.stdout
         assert str(workspace / "notebooks") in result.stderr and "chown" in result.stderr
         assert str(workspace / "runs") not in result.stderr
+
+
+def test_one_dockerfile_two_editions_and_an_editable_library():
+    steps = _instructions()
+    assert ("ARG", "COURSE_EDITION=auto") in steps
+    copy_all = next(i for i, (kw, rest) in enumerate(steps) if kw == "COPY" and rest.endswith(". /workspace"))
+    editable = [i for i, (kw, rest) in enumerate(steps) if kw == "RUN"
+                and any("--no-deps" in a and a[-2:] == ["-e", "."] for a in _pip_installs(rest))]
+    assert editable and editable[0] > copy_all, "the library is installed editable after the source is copied in"
+    edition = next(i for i, (kw, rest) in enumerate(steps) if kw == "RUN" and "COURSE_EDITION" in rest)
+    run = steps[edition][1]
+    assert edition > copy_all and "coursework/release_manifest.json" in run and "exit 1" in run
+    assert _lab_service(COMPOSE)["build"]["args"]["COURSE_EDITION"] == "auto"
+
+
+def _in_mount_namespace(binds, code, site, cwd):
+    """Run ``code`` with this Python (no site-packages but ``site``) in a private mount namespace with ``binds``."""
+    mounts = " && ".join(f"mount --bind {shlex.quote(str(s))} {shlex.quote(str(t))}" for s, t in binds) or "true"
+    python = f"{shlex.quote(sys.executable)} -I -S -c {shlex.quote(f'import site; site.addsitedir({str(site)!r})' + chr(10) + code)}"
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", f"{mounts} && {python}"],
+                          capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+def test_a_library_edit_survives_compose_down_and_up(tmp_path):
+    """The compose bind mounts + the image's editable install, laid out without Docker: the "image" is a copy of
+    the project, the "host" the student's folder; compose's bind mounts become real bind mounts in a private
+    mount namespace (one per `docker compose up`); `pip install -e .` is setuptools' PEP 660 editable wheel."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and util-linux's unshare for a private mount namespace")
+    import zipfile
+
+    host, image, site = tmp_path / "host", tmp_path / "workspace", tmp_path / "site-packages"
+    for root in (host, image):
+        shutil.copytree(REPO / "diffusion_lib", root / "diffusion_lib", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copyfile(REPO / "pyproject.toml", root / "pyproject.toml")
+        shutil.copyfile(REPO / "README.md", root / "README.md")
+    # pip install --no-deps -e .  (in the image, as the Dockerfile does): build the editable wheel, install it
+    build = subprocess.run([sys.executable, "-c", "from setuptools import build_meta as b; "
+                            f"print(b.build_editable({str(tmp_path / 'wheel')!r}))"], cwd=image,
+                           capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr[-2000:]
+    wheel = tmp_path / "wheel" / build.stdout.strip().splitlines()[-1]
+    with zipfile.ZipFile(wheel) as zf:
+        zf.extractall(site)
+    binds = []
+    for volume in _lab_service(COMPOSE)["volumes"]:
+        source, target = Path(volume.get("source", "")), volume["target"]
+        if volume["type"] == "bind" and target in ("/workspace/diffusion_lib", "/workspace/homework"):
+            rel = source.relative_to(REPO)
+            (host / rel).mkdir(parents=True, exist_ok=True)
+            (image / rel).mkdir(parents=True, exist_ok=True)
+            binds.append((host / rel, image / Path(target).relative_to("/workspace")))
+    assert len(binds) == 2, "compose must bind-mount diffusion_lib/ and homework/"
+
+    # first `up`: the student edits the library through JupyterLab (the mounted path)
+    edit = ("import diffusion_lib, pathlib\nprint(diffusion_lib.__file__)\n"
+            "pathlib.Path(diffusion_lib.__file__).with_name('student_edit.py').write_text('EDITED = 42\\n')\n")
+    first = _in_mount_namespace(binds, edit, site, image / "homework")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == str(image / "diffusion_lib" / "__init__.py")  # the editable install's path
+    # `down`: the container is gone; the edit is on the host, not in the image
+    assert (host / "diffusion_lib/student_edit.py").read_text() == "EDITED = 42\n"
+    assert not (image / "diffusion_lib/student_edit.py").exists()
+    # second `up`: the notebooks import the student's code through the editable install
+    second = _in_mount_namespace(binds, "from diffusion_lib.student_edit import EDITED\nprint(EDITED)", site,
+                                 image / "homework")
+    assert second.returncode == 0 and second.stdout.strip() == "42", second.stderr
+    # without the bind mount the image's own copy runs, which never saw the edit
+    bare = _in_mount_namespace([], "import diffusion_lib.student_edit", site, image)
+    assert bare.returncode != 0 and "ModuleNotFoundError" in bare.stderr

@@ -42,6 +42,7 @@ import stat
 import sys
 import tarfile
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,7 +181,179 @@ def accepted(rel: str, course: Course) -> bool:
 
 # ------------------------------------------------------------------------------------- sandbox
 
+@dataclass
+class Sandbox:
+    """How submissions run: ``mode`` "namespace" (read-only mount namespace), "user" (as ``ids``, e.g.
+    nobody) or "none" (limits only); ``python`` is the command that starts the interpreter inside it."""
+
+    mode: str
+    python: str = sys.executable
+    ids: tuple[int, int] | None = None
+    why: str = ""
+
+    @property
+    def description(self) -> str:
+        return {"namespace": "read-only mount namespace (only its working copy is writable)",
+                "user": "unprivileged user (cannot write the instructor's files)",
+                "none": f"NOT sandboxed ({self.why})"}[self.mode]
+
+
+# Run by `unshare` as root in a new mount and PID namespace: the working copy ($COURSE_SANDBOX_ROOT) becomes
+# its own rw bind mount, every other mount except /proc, /sys and /dev is remounted read-only, then every
+# capability is dropped (so the submission cannot remount anything) and Python starts.
+_NAMESPACE_SCRIPT = r"""set -eu
+root="$COURSE_SANDBOX_ROOT"
+python="$1"; shift
+mount --bind "$root" "$root"
+mounts=$(awk '{print $5}' /proc/self/mountinfo | sort -u)
+IFS='
+'
+for m in $mounts; do
+  m=$(printf '%b' "$m")
+  case "$m" in
+    "$root"|"$root"/*|/proc|/proc/*|/sys|/sys/*|/dev|/dev/*) ;;
+    *) mount -o remount,ro,bind "$m" || { echo "course sandbox: cannot make $m read-only" >&2; exit 97; } ;;
+  esac
+done
+exec setpriv --no-new-privs --inh-caps=-all --ambient-caps=-all --bounding-set=-all -- "$python" "$@"
+"""
+
+# sitecustomize.py of every sandboxed Python (the support folder is first on PYTHONPATH): an audit hook
+# (PEP 578) that logs, never blocks (the sandbox blocks), each attempt to create, change or delete a file
+# outside the working copy.
+_AUDIT_HOOK = '''"""Course grader: log attempts to change files outside the submission's working copy."""
+import os
+import sys
+
+_root, _log = os.environ.get("COURSE_SANDBOX_ROOT"), os.environ.get("COURSE_SANDBOX_LOG")
+_EVENTS = {"os.remove", "os.rmdir", "os.rename", "shutil.rmtree", "os.truncate", "os.chmod", "os.chown",
+           "os.mkdir", "os.symlink", "os.link", "os.utime", "shutil.move", "shutil.copyfile"}
+_CHANGED_ARGS = {"os.rename": (0, 1), "shutil.move": (0, 1), "os.link": (1,), "os.symlink": (1,),
+                 "shutil.copyfile": (1,)}  # the other events change their first argument
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+_busy = []
+
+
+def _outside(path):
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        return None
+    try:
+        path = os.path.abspath(os.fsdecode(path))
+    except (TypeError, ValueError, OSError):
+        return None
+    if path == _root or path.startswith(_root + os.sep) or path.startswith(("/dev/", "/proc/")):
+        return None
+    return path
+
+
+def _hook(event, args):
+    if _busy or not (event == "open" or event in _EVENTS):
+        return
+    if event == "open":
+        mode = args[1] if len(args) > 1 else None
+        flags = args[2] if len(args) > 2 and isinstance(args[2], int) else 0
+        if not ((isinstance(mode, str) and any(c in mode for c in "wax+")) or flags & _WRITE_FLAGS):
+            return
+    found = [p for p in (_outside(args[i]) for i in _CHANGED_ARGS.get(event, (0,)) if i < len(args)) if p]
+    if not found:
+        return
+    _busy.append(1)
+    try:
+        with open(_log, "a", encoding="utf-8") as handle:
+            handle.write(event + " " + found[-1] + "\\n")
+    except OSError:
+        pass
+    finally:
+        _busy.pop()
+
+
+if _root and _log:
+    _root = os.path.abspath(_root)
+    sys.addaudithook(_hook)
+'''
+OUTSIDE_LOG = "outside-writes.log"
+
+
+def _write_namespace_script(folder: Path) -> Path:
+    """``folder``/sandbox-python: starts this Python in the namespace sandbox around $COURSE_SANDBOX_ROOT."""
+    import shlex
+    inner, outer = folder / "sandbox-inner.sh", folder / "sandbox-python"
+    inner.write_text(_NAMESPACE_SCRIPT, encoding="utf-8")
+    outer.write_text("#!/bin/sh\nexec unshare --mount --propagation private --pid --fork --mount-proc -- "
+                     f"/bin/sh {shlex.quote(str(inner))} {shlex.quote(sys.executable)} \"$@\"\n", encoding="utf-8")
+    for path in (inner, outer):
+        os.chmod(path, 0o755)
+    return outer
+
+
+def _namespace_probe(work: Path) -> tuple[bool, str]:
+    """Whether the mount-namespace sandbox works here: inside it the working copy is writable, a file
+    beside it is not, and this Python imports pytest."""
+    import subprocess
+    if os.geteuid() != 0:
+        return False, "the grader is not root, so it cannot make a mount namespace"
+    missing = [tool for tool in ("unshare", "setpriv", "mount", "awk") if shutil.which(tool) is None]
+    if missing:
+        return False, f"{', '.join(missing)} missing (util-linux)"
+    probe = Path(tempfile.mkdtemp(prefix="sandbox-probe-", dir=work))
+    try:
+        inside, outside = probe / "copy", probe / "outside.txt"
+        inside.mkdir()
+        outside.write_text("keep")
+        script = _write_namespace_script(probe)
+        code = ("import sys, pytest\nopen(sys.argv[1], 'w').write('x')\n"
+                "try:\n    open(sys.argv[2], 'w').write('changed')\nexcept OSError:\n    pass\n")
+        run = subprocess.run([str(script), "-c", code, str(inside / "ok.txt"), str(outside)], cwd=inside,
+                             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "COURSE_SANDBOX_ROOT": str(inside)},
+                             capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        if run.returncode != 0 or not (inside / "ok.txt").is_file():
+            return False, f"the unshare sandbox failed: {(run.stderr or run.stdout).strip()[-300:]}"
+        if outside.read_text() != "keep":
+            return False, "the unshare sandbox did not make the rest of the file system read-only"
+        return True, ""
+    except (OSError, subprocess.SubprocessError) as error:
+        return False, f"the unshare sandbox failed ({type(error).__name__}: {error})"
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+
+
+def choose_sandbox(limits: Limits, work: Path, verbose: bool = True) -> Sandbox:
+    """The strongest sandbox available here: a read-only mount namespace, then the unprivileged user,
+    then none (with a loud warning). ``work`` is the grade run's scratch folder (a support/ folder in it
+    receives the namespace launcher)."""
+    ok, why_ns = _namespace_probe(work)
+    if ok:
+        (work / "support").mkdir(exist_ok=True)
+        return Sandbox("namespace", python=str(_write_namespace_script(work / "support")))
+    ok, why_user = _user_probe(limits.user)
+    if ok:
+        if verbose:
+            print(f"note: no mount-namespace sandbox ({why_ns}); submissions run as {limits.user!r}", file=sys.stderr)
+        entry = pwd.getpwnam(limits.user)
+        return Sandbox("user", ids=(entry.pw_uid, entry.pw_gid))
+    why = f"{why_ns}; {why_user}"
+    if verbose:
+        print(f"WARNING: submissions are NOT sandboxed ({why}): they run as {pwd.getpwuid(os.geteuid()).pw_name} "
+              "with time and memory limits only and could change files this user can write. Grade as root on "
+              "Linux with util-linux (unshare, setpriv), e.g. in the course image, to sandbox them.", file=sys.stderr)
+    return Sandbox("none", why=why)
+
+
 def sandbox_available(user: str = "nobody") -> tuple[bool, str]:
+    """(True, "") when submissions can be sandboxed here (:func:`choose_sandbox` finds a mount namespace or
+    the unprivileged ``user``), else (False, why not)."""
+    work = Path(tempfile.mkdtemp(prefix="course-sandbox-"))
+    try:
+        ok, why_ns = _namespace_probe(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if ok:
+        return True, ""
+    ok, why_user = _user_probe(user)
+    return ok, "" if ok else f"{why_ns}; {why_user}"
+
+
+def _user_probe(user: str = "nobody") -> tuple[bool, str]:
     """Whether tests can run as ``user``: the grader is root, the user exists and can start this Python
     with pytest (an interpreter under a private home folder cannot be run by another user)."""
     import subprocess
@@ -198,21 +371,6 @@ def sandbox_available(user: str = "nobody") -> tuple[bool, str]:
     except (OSError, subprocess.SubprocessError) as error:
         return False, f"user {user!r} cannot run {sys.executable} with pytest ({type(error).__name__}: {error})"
     return True, ""
-
-
-def _sandbox_user(limits: Limits, verbose: bool = True) -> tuple[int, int] | None:
-    ok, why = sandbox_available(limits.user)
-    if not ok:
-        if os.geteuid() != 0 and verbose:
-            print(f"note: the grader is not root, so submissions run as {pwd.getpwuid(os.geteuid()).pw_name} "
-                  "(rlimits and time limits still apply); run it as root to sandbox them as an unprivileged user",
-                  file=sys.stderr)
-        elif verbose:
-            print(f"WARNING: submissions run as root because {why}; they could change files this user can "
-                  f"write. Install Python where {limits.user!r} can run it (e.g. the course image).", file=sys.stderr)
-        return None
-    entry = pwd.getpwnam(limits.user)
-    return entry.pw_uid, entry.pw_gid
 
 
 def _preexec(limits: Limits, ids: tuple[int, int] | None, wall_s: float | None = None):
@@ -248,6 +406,7 @@ def _sandbox_env(ws: Path, support: Path) -> dict:
     tmp.mkdir(exist_ok=True)
     keep = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "VIRTUAL_ENV", "CUDA_VISIBLE_DEVICES")}
     return keep | {"HOME": str(home), "TMPDIR": str(tmp), "PYTHONPATH": f"{support}{os.pathsep}{ws}",
+                   "COURSE_SANDBOX_ROOT": str(ws), "COURSE_SANDBOX_LOG": str(ws / ".grader" / OUTSIDE_LOG),
                    "PYTHONDONTWRITEBYTECODE": "1", "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1",
                    "MPLCONFIGDIR": str(tmp / "mpl"), "IPYTHONDIR": str(home / ".ipython"),
                    "JUPYTER_RUNTIME_DIR": str(tmp / "jupyter"), "DIFFUSION_LIB_PROFILE": "smoke"}
@@ -421,24 +580,25 @@ def _feedback(sub: Submission, course: Course, layout) -> str:
 
 # ------------------------------------------------------------------------------------- grading
 
-def _grade_tests(task, ws: Path, support: Path, env: dict, limits: Limits, ids) -> TestRun:
+def _grade_tests(task, ws: Path, support: Path, env: dict, limits: Limits, sandbox: Sandbox) -> TestRun:
     report = ws / ".grader" / f"report-{task.id}.jsonl"
     report.parent.mkdir(exist_ok=True)
     report.write_text("")
-    if ids is not None:
-        os.chown(report.parent, *ids)
-        os.chown(report, *ids)
+    if sandbox.ids is not None:
+        os.chown(report.parent, *sandbox.ids)
+        os.chown(report, *sandbox.ids)
     return run_pytest(ws, list(task.tests), timeout_s=limits.timeout_s, env=env, report_path=report,
-                      preexec_fn=_preexec(limits, ids))
+                      python=sandbox.python, preexec_fn=_preexec(limits, sandbox.ids))
 
 
-def _run_in_sandbox(command: list[str], ws: Path, env: dict, limits: Limits, ids) -> tuple[bool, str]:
+def _run_in_sandbox(command: list[str], ws: Path, env: dict, limits: Limits, sandbox: Sandbox) -> tuple[bool, str]:
+    """Run ``[python, *command]`` in the sandbox with the notebook time limit; (timed out, output tail)."""
     import subprocess
     from .check import _kill_group
     wall = limits.notebook_timeout_s
-    process = subprocess.Popen(command, cwd=ws, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, start_new_session=True,
-                               preexec_fn=_preexec(limits, ids, wall))
+    process = subprocess.Popen([sandbox.python, *command], cwd=ws, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                               preexec_fn=_preexec(limits, sandbox.ids, wall))
     try:
         out, _ = process.communicate(timeout=wall)
         timed_out = False
@@ -451,7 +611,7 @@ def _run_in_sandbox(command: list[str], ws: Path, env: dict, limits: Limits, ids
 
 
 def _grade_submission(sub: Submission, archive: Path, base: Path, work: Path, support: Path, course: Course,
-                      reference, source_notebooks: dict[str, dict], limits: Limits, ids) -> None:
+                      reference, source_notebooks: dict[str, dict], limits: Limits, sandbox: Sandbox) -> None:
     extract_dir = work / "extract" / sub.student
     ws = work / "subs" / sub.student
     try:
@@ -480,6 +640,8 @@ def _grade_submission(sub: Submission, archive: Path, base: Path, work: Path, su
             sub.ignored.append(f"{rel}: used, but its hash differs from MANIFEST.json")
         (ws / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(extract_dir / rel, ws / rel)
+    ids = sandbox.ids
+    (ws / ".grader").mkdir(exist_ok=True)
     if ids is not None:
         _chown_tree(ws, ids)
     env = _sandbox_env(ws, support)
@@ -494,7 +656,7 @@ def _grade_submission(sub: Submission, archive: Path, base: Path, work: Path, su
         notes: list[str] = []
         score = 0.0
         if task.tests:
-            run = _grade_tests(task, ws, support, env, limits, ids)
+            run = _grade_tests(task, ws, support, env, limits, sandbox)
             timed_out_any |= run.timed_out
             if run.ok:
                 score = task.auto_points
@@ -538,8 +700,9 @@ def _grade_submission(sub: Submission, archive: Path, base: Path, work: Path, su
             _chown_tree(grader_dir, ids)
         tagged = any("parameters" in c.get("metadata", {}).get("tags", []) for c in _nb_cells(merged))
         timed_out, output = _run_in_sandbox(
-            [sys.executable, str(runner), str(merged_path), str(executed_path), str(student_path.parent),
-             json.dumps({"PROFILE": "smoke"} if tagged else {}), str(limits.notebook_timeout_s)], ws, env, limits, ids)
+            [str(runner), str(merged_path), str(executed_path), str(student_path.parent),
+             json.dumps({"PROFILE": "smoke"} if tagged else {}), str(limits.notebook_timeout_s)], ws, env, limits,
+            sandbox)
         timed_out_any |= timed_out
         try:
             if executed_path.stat().st_size > 50 * 2**20:
@@ -559,8 +722,24 @@ def _grade_submission(sub: Submission, archive: Path, base: Path, work: Path, su
             if failed:
                 notes.append(f"cell `{grade_id}` failed: {why}")
         sub.notebook_notes[name] = "; ".join(notes)
-    if timed_out_any:
-        sub.note = "time limit reached in some checks (those score 0)"
+    notes = ["time limit reached in some checks (those score 0)"] if timed_out_any else []
+    attempts = _outside_attempts(ws / ".grader" / OUTSIDE_LOG)
+    if attempts:
+        outcome = {"namespace": "blocked: read-only sandbox", "user": f"blocked unless writable by {sandbox.ids}",
+                   "none": "NOT sandboxed: it may have succeeded"}[sandbox.mode]
+        notes.append(f"tried to change {len(attempts)} file(s) outside its folder ({outcome}): "
+                     + "; ".join(attempts[:3]) + (" ..." if len(attempts) > 3 else ""))
+    sub.note = "; ".join(notes)
+
+
+def _outside_attempts(log: Path) -> list[str]:
+    """The distinct "event path" lines the audit hook logged (a submission could erase its log: the sandbox,
+    not this report, is the protection)."""
+    try:
+        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()[:10000]
+    except OSError:
+        return []
+    return list(dict.fromkeys(line.strip()[:300] for line in lines if line.strip()))
 
 
 def grade(submissions_dir: str | Path, output_dir: str | Path, repo_root: str | Path = ".", *,
@@ -584,7 +763,6 @@ def grade(submissions_dir: str | Path, output_dir: str | Path, repo_root: str | 
         raise FileNotFoundError(f"no submissions folder {submissions_dir}")
     course = load_course(repo_root)
     limits = Limits(timeout_s=timeout_s, notebook_timeout_s=notebook_timeout_s, memory_mb=memory_mb)
-    ids = _sandbox_user(limits, verbose)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "feedback").mkdir(exist_ok=True)
     assignment = _sanitize(course.raw.get("assignment") or "coursework")
@@ -595,7 +773,11 @@ def grade(submissions_dir: str | Path, output_dir: str | Path, repo_root: str | 
         base = release(repo_root, work / "base", keep_hidden=True, verbose=False)
         support = work / "support"
         support.mkdir()
+        sandbox = choose_sandbox(limits, work, verbose)
+        if verbose:
+            print(f"sandbox: {sandbox.description}", flush=True)
         write_plugin(support)
+        (support / "sitecustomize.py").write_text(_AUDIT_HOOK, encoding="utf-8")
         (support / "_course_nb_runner.py").write_text(_NOTEBOOK_RUNNER, encoding="utf-8")
         for path in [work / "subs", work / "extract"]:
             path.mkdir()
@@ -628,10 +810,11 @@ def grade(submissions_dir: str | Path, output_dir: str | Path, repo_root: str | 
 
         def one(item) -> Submission:
             sub, archive = item
+            started = time.perf_counter()
             if sub.status == "graded":
                 try:
                     _grade_submission(sub, archive, base, work, support, course, reference, source_notebooks,
-                                      limits, ids)
+                                      limits, sandbox)
                 except Exception as error:  # noqa: BLE001 - one broken submission never stops the batch
                     sub.status, sub.note = "error", f"the grader failed on this submission: {type(error).__name__}: {error}"
                 finally:
@@ -643,7 +826,8 @@ def grade(submissions_dir: str | Path, output_dir: str | Path, repo_root: str | 
             (output_dir / "feedback" / f"{sub.student}.md").write_text(_feedback(sub, course, layout), encoding="utf-8")
             if verbose:
                 total = sum(sub.task_scores.values()) + sum(v or 0 for v in sub.cell_scores.values())
-                print(f"{sub.student}: {sub.status} {total:.2f}" + (f" ({sub.note})" if sub.note else ""), flush=True)
+                print(f"{sub.student}: {sub.status} {total:.2f} in {time.perf_counter() - started:.0f} s"
+                      + (f" ({sub.note})" if sub.note else ""), flush=True)
             return sub
 
         if jobs > 1:

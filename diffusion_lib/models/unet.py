@@ -273,10 +273,12 @@ class ConditionalUNet(UNet):
         super().__init__(**unet_kwargs)
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int; got {num_classes!r}")
+        ### BEGIN SOLUTION [3.2a]
         self.num_classes = num_classes
         self.null_label = num_classes
         self.config["num_classes"] = num_classes
         self.class_embedding = nn.Embedding(num_classes + 1, self.time_embedding[-1].out_features)
+        ### END SOLUTION
 
     def embed(self, t: torch.Tensor, y: torch.Tensor | None, batch: int) -> torch.Tensor:
         """Time embedding plus class embedding, (B, emb_dim); ``y`` None means the null label for every sample.
@@ -287,11 +289,13 @@ class ConditionalUNet(UNet):
         Raises:
             ValueError: ``y`` not int64 of shape (B,).
         """
+        ### BEGIN SOLUTION [3.2a]
         if y is None:
             y = torch.full((batch,), self.null_label, dtype=torch.long, device=t.device)
         if y.shape != (batch,) or y.dtype != torch.long:
             raise ValueError(f"labels y must be int64 of shape ({batch},); got dtype {y.dtype}, shape {tuple(y.shape)}")
         return self.time_embedding(t) + self.class_embedding(y)
+        ### END SOLUTION
 
 
 def build_unet(config: dict) -> UNet:
