@@ -24,7 +24,7 @@ nbformat = pytest.importorskip("nbformat")
 H = "### "
 PLACEHOLDERS = {"@BS@": H + "BEGIN SOLUTION", "@ES@": H + "END SOLUTION",
                 "@BH@": H + "BEGIN HIDDEN TESTS", "@EH@": H + "END HIDDEN TESTS"}
-TIMEOUT = 3.0          # per task's tests (the looping submission costs this)
+TIMEOUT = 10.0          # per task's tests (the looping submission costs this)
 NB_TIMEOUT = 60.0      # per notebook (a kernel start takes seconds on a loaded machine)
 
 
