@@ -16,6 +16,9 @@ What stops a run, and what it leaves on disk:
   sync: a flag accumulates on the device and is read at log rows and before every save, which also
   checks that every weight is finite).
 
+Under ``torchrun`` the same loop runs data-parallel (:mod:`diffusion_lib.distributed`, docs/distributed.md):
+``training.batch_size`` is the global batch, each rank takes a disjoint share of it, only rank 0 writes.
+
 Output folder::
 
     config.yaml           the resolved config
