@@ -20,11 +20,14 @@ def _train(args: argparse.Namespace) -> int:
         raise ValueError(f"{output} already holds a checkpoint; pass --resume to continue it or choose another --output")
     check_writable(output, folder=True)  # before loading data and building the model
     trainer = Trainer(config, output, resume=args.resume, progress=not args.no_progress)
-    print(f"training {config.name}: {sum(p.numel() for p in trainer.model.parameters()):,} parameters on "
-          f"{trainer.device}, {len(trainer.dataset)} images, steps {trainer.step} -> {trainer.max_steps}")
+    say = print if trainer.is_main_process else (lambda *a: None)  # under torchrun only rank 0 speaks and writes
+    say(f"training {config.name}: {sum(p.numel() for p in trainer.model.parameters()):,} parameters on "
+        f"{trainer.device}" + (f" x {trainer.dist.world_size} processes" if trainer.dist.is_distributed else "")
+        + f", {len(trainer.dataset)} images, "
+        f"steps {trainer.step} -> {trainer.max_steps}")
     checkpoint = trainer.train()
     grid = trainer.save_samples(output / "samples" / "final.png")
-    print(f"checkpoint: {checkpoint}\nsample grid: {grid}\nlog: {output / 'log.csv'}")
+    say(f"checkpoint: {checkpoint}\nsample grid: {grid}\nlog: {output / 'log.csv'}")
     return 0
 
 

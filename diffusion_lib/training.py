@@ -16,6 +16,9 @@ What stops a run, and what it leaves on disk:
   sync: a flag accumulates on the device and is read at log rows and before every save, which also
   checks that every weight is finite).
 
+Under ``torchrun`` the same loop runs data-parallel (:mod:`diffusion_lib.distributed`, docs/distributed.md):
+``training.batch_size`` is the global batch, each rank takes a disjoint share of it, only rank 0 writes.
+
 Output folder::
 
     config.yaml           the resolved config
@@ -44,6 +47,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .atomic import WriteError, atomic_write_text, clean_stale_temporaries, make_folder
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ExperimentConfig, save_config
@@ -214,7 +218,8 @@ class Trainer:
         self.config = config
         self.output_dir = Path(output_dir)
         self.progress = progress
-        self.device = resolve_device(config.training.device)
+        self.dist, self.device = distributed.init_from_env(resolve_device(config.training.device))
+        self.is_main_process = self.dist.is_main  # only rank 0 writes files, logs and trackers
         if dataset is None:
             from .data import load_dataset
 
@@ -227,6 +232,11 @@ class Trainer:
 
             dataset, self.val_dataset = split_dataset(dataset, config.data.val_fraction, seed=config.training.seed)
         self.dataset = dataset
+        global_batch = min(config.training.batch_size, len(dataset))
+        if global_batch % self.dist.world_size:
+            raise ValueError(f"training.batch_size={global_batch} is the global batch and must be divisible by "
+                             f"the {self.dist.world_size} processes (each takes an equal share); "
+                             f"use a multiple of {self.dist.world_size}")
 
         torch.manual_seed(config.training.seed)
         self.model = build_network(config, dataset.channels, dataset.image_size, dataset.num_classes).to(self.device)
@@ -243,10 +253,11 @@ class Trainer:
         self.amp_dtype = self._amp_dtype()
         self.grad_scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self._check_forward()
-        self.generator = torch.Generator(self.device).manual_seed(t.seed)   # noise, timesteps, label dropout
+        self.generator = torch.Generator(self.device).manual_seed(self._stream_seed(0))  # noise, t, label dropout
+        if self.dist.is_distributed:  # dropout masks differ per process too (the weights were drawn alike above)
+            torch.manual_seed(self._stream_seed(0))
         self.data_generator = torch.Generator().manual_seed(t.seed + 1)     # data order
         self.step = 0
-        self.is_main_process = True  # only the main process writes logs, trackers and run.json (DDP: rank 0)
         self.grad_norm = None  # global gradient norm before clipping, of the last step (a tensor)
         self.max_steps = total_steps(t, len(dataset))  # max_steps, or max_epochs first
         self._order = torch.empty(0, dtype=torch.long)
@@ -256,6 +267,12 @@ class Trainer:
         if resume:
             self.load(self.checkpoint_path)
             self._saved_step = self.step
+        self.train_model = distributed.wrap(self.model, self.dist, self.device)  # the forward that syncs gradients
+
+    def _stream_seed(self, step: int) -> int:
+        """The seed of this process's noise stream: ``training.seed`` for one process (as always); under DDP
+        one stream per rank, and a fresh one per (rank, step) when a run resumes with another process count."""
+        return self.config.training.seed + 1_000_003 * self.dist.rank + 7_919 * step
 
     def _check_forward(self) -> None:
         """One loss evaluation on two real images (eval mode, no grad, a throwaway generator: no random
@@ -299,28 +316,33 @@ class Trainer:
         """
         t = self.config.training
         max_steps = self.max_steps if max_steps is None else max_steps
-        make_folder(self.output_dir)
-        clean_stale_temporaries(self.checkpoint_path)  # left by a process killed while saving
-        save_config(self.config, self.output_dir / "config.yaml")
-        log = self._open_log()
+        if self.is_main_process:  # under DDP only rank 0 writes
+            make_folder(self.output_dir)
+            clean_stale_temporaries(self.checkpoint_path)  # left by a process killed while saving
+            save_config(self.config, self.output_dir / "config.yaml")
+        log = self._open_log() if self.is_main_process else (lambda row: None)
         trackers = open_trackers(self.config, self.output_dir, self.step, enabled=self.is_main_process)
         summary, session_start = RunSummary(self.output_dir), time.perf_counter()
         self.model.train()
-        bar = tqdm(total=max_steps, initial=self.step, desc=self.config.name, disable=not self.progress, dynamic_ncols=True)
+        bar = tqdm(total=max_steps, initial=self.step, desc=self.config.name,
+                   disable=not (self.progress and self.is_main_process), dynamic_ncols=True)
         window_seconds, window_images = 0.0, 0  # training time only: sampling and checkpoints excluded
         interrupted = []
         with _deferred_signals(interrupted.append), contextlib.ExitStack() as finish:
             finish.callback(lambda: self._finish_tracking(trackers, summary, time.perf_counter() - session_start))
-            while self.step < max_steps and not interrupted:
+            stop = 0  # the signal that stops the run, on any process (DDP: all stop after the same step)
+            while self.step < max_steps and not (stop := distributed.max_int(interrupted[0] if interrupted else 0,
+                                                                            self.dist)):
                 start = time.perf_counter()
                 x0, y = self._next_batch()
                 terms = self.train_step(x0, y)
                 window_seconds += time.perf_counter() - start
-                window_images += len(x0)
+                window_images += len(x0) * self.dist.world_size  # the global batch
                 bar.update(1)
                 if self.step % t.log_every == 0 or self.step == max_steps:
                     images_per_sec = window_images / max(window_seconds, 1e-9)
-                    values = {k: v.item() for k, v in terms.items()}  # the only host sync of the loop
+                    means = distributed.mean_(list(terms.values()), self.dist)  # over processes (DDP)
+                    values = {k: v.item() for k, v in zip(terms, means)}  # the only host sync of the loop
                     row = {"step": self.step, **values, "lr": self.lr_scheduler.get_last_lr()[0],
                            "images_per_sec": images_per_sec}
                     log(row)
@@ -333,21 +355,23 @@ class Trainer:
                 if t.sample_every and self.step % t.sample_every == 0:
                     self._raise_if_diverged(bar)
                     grid = self.save_samples(self.output_dir / "samples" / f"step_{self.step:07d}.png")
-                    trackers.log_image(self.step, "samples", read_png(grid))
+                    if self.is_main_process:
+                        trackers.log_image(self.step, "samples", read_png(grid))
                 if self.step % t.checkpoint_every == 0 and self.step < max_steps:
                     self._save_if_finite(bar)
             bar.close()
             self._save_if_finite(bar)  # before run.json says "finished" (the ExitStack's callback)
-        if interrupted:
-            name = signal.Signals(interrupted[0]).name
+        if stop:  # a signal here or (DDP) on another process
+            signum = stop
+            name = signal.Signals(signum).name
             raise TrainingInterrupted(f"training interrupted by {name} at step {self.step}; checkpoint saved to "
-                                      f"{self.checkpoint_path} (continue with resume=True / --resume)", interrupted[0])
+                                      f"{self.checkpoint_path} (continue with resume=True / --resume)", signum)
         return self.checkpoint_path
 
     def _raise_if_diverged(self, bar=None) -> None:
         """Raise :class:`TrainingDiverged` if a step since the start had a NaN or infinite loss or gradient
         (reads the device flag: one host sync)."""
-        bad = int(self._first_bad_step)
+        bad = int(distributed.first_bad_step(self._first_bad_step, self.dist))  # the earliest, over processes
         if bad:
             self._diverged(f"the loss or gradient was NaN or infinite at step {bad}", bar)
 
@@ -377,7 +401,7 @@ class Trainer:
         """One optimiser step on a batch; returns the loss terms as detached scalar tensors (no host sync)."""
         t = self.config.training
         with self._autocast():
-            loss, terms = self.objective.loss(self.model, x0, y, self.generator)
+            loss, terms = self.objective.loss(self.train_model, x0, y, self.generator)  # DDP: syncs gradients
         self.optimizer.zero_grad(set_to_none=True)
         self.grad_scaler.scale(loss).backward()
         bad = ~torch.isfinite(loss.detach())
@@ -412,12 +436,16 @@ class Trainer:
         trackers.finish(flatten_config(self.config.to_dict()), summary.metrics())
 
     def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The next batch of a seeded random permutation, reshuffled every epoch (labels: conditional models only)."""
+        """The next batch of a seeded random permutation, reshuffled every epoch (labels: conditional models only).
+
+        ``training.batch_size`` is the global batch: every process draws the same permutation and cursor, and
+        rank r of N takes positions r, r + N, r + 2N, ... of the global batch (a disjoint 1/N share).
+        """
         batch_size = min(self.config.training.batch_size, len(self.dataset))
         if self._cursor + batch_size > len(self._order):
             self._order = torch.randperm(len(self.dataset), generator=self.data_generator)
             self._cursor = 0
-        indices = self._order[self._cursor:self._cursor + batch_size]
+        indices = self._order[self._cursor:self._cursor + batch_size][self.dist.rank::self.dist.world_size]
         self._cursor += batch_size
         x0, y = self.dataset.get_batch(indices)
         return x0.to(self.device, non_blocking=True), (y.to(self.device) if self.conditional else None)
@@ -476,7 +504,10 @@ class Trainer:
         return self.objective.generate(self.ema.model, shape, labels, generator), labels
 
     def save_samples(self, path: Path) -> Path:
-        """Write a grid of :meth:`generate`'s samples: one row per class for conditional models."""
+        """Write a grid of :meth:`generate`'s samples: one row per class for conditional models (DDP: rank 0 only;
+        the others return ``path`` without sampling)."""
+        if not self.is_main_process:
+            return Path(path)
         images, labels = self.generate()
         if labels is not None:
             images, per_row = by_class(images, labels)
@@ -487,11 +518,21 @@ class Trainer:
     # ----- checkpoints ---------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        """Everything needed to continue exactly (see :mod:`diffusion_lib.checkpoint`)."""
+        """Everything needed to continue exactly (see :mod:`diffusion_lib.checkpoint`).
+
+        The data order and cursor are global (the same on every process). Under DDP every process must call
+        this (it gathers each rank's noise and dropout generators into ``rng["per_rank"]``, in rank order).
+        """
         rng = {"torch": torch.get_rng_state(), "generator": self.generator.get_state(),
-               "data_generator": self.data_generator.get_state(), "order": self._order, "cursor": self._cursor}
+               "data_generator": self.data_generator.get_state(), "order": self._order, "cursor": self._cursor,
+               "world_size": self.dist.world_size}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
+        if self.dist.is_distributed:
+            own = {"torch": rng["torch"], "generator": rng["generator"]}
+            if self.device.type == "cuda":
+                own["cuda"] = torch.cuda.get_rng_state(self.device)
+            rng["per_rank"] = distributed.gather(own, self.dist)
         return {
             "config": self.config.to_dict(),
             "model_config": self.model.config,
@@ -521,11 +562,17 @@ class Trainer:
         """
         if not self._weights_finite():
             self._diverged(f"a weight became NaN or infinite by step {self.step}")
-        save_checkpoint(self.state_dict(), path)
+        state = self.state_dict()  # DDP: a collective (every rank's generators), then rank 0 alone writes
+        if self.is_main_process:
+            save_checkpoint(state, path)
         return Path(path)
 
     def load(self, path: str | Path) -> None:
         """Restore the full training state from a checkpoint of the same model.
+
+        Every process loads the same file. Same number of processes as the run that saved it: every random
+        stream continues exactly. Another number: weights, EMA, optimizer, step, data order and cursor
+        continue exactly; each process's noise and dropout streams start afresh from (seed, rank, step).
 
         Raises:
             ValueError: corrupt/foreign file, or a checkpoint of a different model configuration.
@@ -548,12 +595,22 @@ class Trainer:
         self.grad_scaler.load_state_dict(state["grad_scaler"])
         self.step = state["step"]
         rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        self.generator.set_state(rng["generator"])
         self.data_generator.set_state(rng["data_generator"])
-        self._order, self._cursor = rng["order"], rng["cursor"]
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        self._order, self._cursor = rng["order"], rng["cursor"]  # global: the same for any number of processes
+        if rng.get("world_size", 1) != self.dist.world_size:  # fresh per-rank streams (see the docstring)
+            torch.manual_seed(self._stream_seed(self.step))
+            self.generator.manual_seed(self._stream_seed(self.step))
+        elif self.dist.is_distributed:
+            own = rng["per_rank"][self.dist.rank]
+            torch.set_rng_state(own["torch"])
+            self.generator.set_state(own["generator"])
+            if "cuda" in own and self.device.type == "cuda":
+                torch.cuda.set_rng_state(own["cuda"], self.device)
+        else:
+            torch.set_rng_state(rng["torch"])
+            self.generator.set_state(rng["generator"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 # Config keys that do not change the weights at a given step: a checkpoint that differs only here is reused.
