@@ -169,6 +169,20 @@ def test_compose_hardening_and_limits():
     assert int(custom["mem_limit"]) == 48 << 30 and int(custom["pids_limit"]) == 8192
 
 
+def test_compose_train_service_runs_torchrun_on_every_gpu():
+    result = _compose(COMPOSE, args=("--profile", "train", "config", "--format", "json"))
+    assert result.returncode == 0, result.stderr
+    train = json.loads(result.stdout)["services"]["train"]
+    assert train["profiles"] == ["train"]  # not started by a plain `docker compose up`
+    devices = train["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d["driver"] == "nvidia" and d["count"] == -1 and "gpu" in d["capabilities"] for d in devices), devices
+    entry = train["entrypoint"]
+    assert entry[:5] == ["/workspace/docker/entrypoint.sh", "python", "-m", "torch.distributed.run", "--standalone"]
+    assert "--nproc_per_node=gpu" in entry and entry[-3:] == ["-m", "diffusion_lib", "train"]
+    assert train["cap_drop"] == ["ALL"] and train["security_opt"] == ["no-new-privileges:true"] and train["init"] is True
+    assert not any(v["target"] == "/workspace/notebooks" for v in train["volumes"])  # training needs no notebooks
+
+
 def test_compose_port_setting_keeps_loopback():
     lab = _lab_service(COMPOSE, env={"JUPYTER_PORT": "9999", "JUPYTER_TOKEN": "x" * 20})
     assert [(p["host_ip"], p["published"]) for p in lab["ports"]] == [("127.0.0.1", "9999")]
