@@ -354,7 +354,7 @@ def save_gif(frames: torch.Tensor, path: str | Path, nrow: int = 8, duration_ms:
 
 def plot_sweep(table: pd.DataFrame, x: str, metrics: Sequence[str], by: str | None = None, *,
                xlabel: str | None = None, log_x: bool = False, tradeoff: tuple[str, str] | None = None,
-               tradeoff_title: str | None = None) -> Figure:
+               tradeoff_title: str | None = None, tradeoff_log_x: bool = False) -> Figure:
     """Metrics of a sweep against the swept setting: one panel per metric, one line per group.
 
     Args:
@@ -367,8 +367,9 @@ def plot_sweep(table: pd.DataFrame, x: str, metrics: Sequence[str], by: str | No
         log_x: log x axis with a tick at every value of ``x`` (e.g. steps 5, 10, 25, 50).
         tradeoff: ``(x_column, y_column)``: a last panel plotting one against the other, each point
             annotated with its value of ``x`` (e.g. ``("sec_per_image", "fid")`` or a quality/diversity
-            trade-off); its x axis is logarithmic too when ``log_x``.
+            trade-off).
         tradeoff_title: title of that panel (default "trade-off (labels: <xlabel>)").
+        tradeoff_log_x: log x axis on that panel (e.g. for seconds per image).
 
     Returns:
         matplotlib Figure with ``len(metrics)`` (+1 with ``tradeoff``) panels; the first has the legend.
@@ -405,8 +406,8 @@ def plot_sweep(table: pd.DataFrame, x: str, metrics: Sequence[str], by: str | No
             ax.set_xscale("log")
             ax.minorticks_off()
             ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-        if tradeoff:
-            axes[-1].set_xscale("log")
+    if tradeoff and tradeoff_log_x:
+        axes[-1].set_xscale("log")
     if by:
         axes[0].legend(fontsize=8)
     return fig

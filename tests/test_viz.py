@@ -124,8 +124,8 @@ def test_plot_sweep_panels_log_ticks_and_tradeoff():
     table = pd.DataFrame({"sampler": ["ddim"] * 3 + ["ddpm"] * 3, "steps": [5, 10, 25] * 2,
                           "fid": [9.0, 5.0, 4.0, 20.0, 12.0, 6.0], "sec_per_image": [0.1, 0.2, 0.5, 0.1, 0.2, 0.5]})
     fig = viz.plot_sweep(table, "steps", ["fid"], "sampler", xlabel="sampling steps", log_x=True,
-                         tradeoff=("sec_per_image", "fid"))
-    assert len(fig.axes) == 2
+                         tradeoff=("sec_per_image", "fid"), tradeoff_log_x=True)
+    assert len(fig.axes) == 2 and fig.axes[1].get_xscale() == "log"
     panel, tradeoff = fig.axes
     assert panel.get_xscale() == "log" and panel.get_title() == "fid vs sampling steps"
     assert [t.get_text() for t in panel.get_xticklabels()] == ["5", "10", "25"]
@@ -134,6 +134,7 @@ def test_plot_sweep_panels_log_ticks_and_tradeoff():
     assert sorted(t.get_text() for t in tradeoff.texts)[:3] == ["10", "10", "25"]  # points labelled by steps
     single = viz.plot_sweep(table[table["sampler"] == "ddim"], "steps", ["fid", "sec_per_image"])
     assert len(single.axes) == 2 and single.axes[0].get_legend() is None
+    assert single.axes[0].get_xscale() == "linear"
     with pytest.raises(ValueError, match="not in the table"):
         viz.plot_sweep(table, "steps", ["kid_mean"])
     with pytest.raises(ValueError, match="metrics is empty"):
