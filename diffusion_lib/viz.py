@@ -250,7 +250,7 @@ def plot_structure(table: pd.DataFrame, measures: Sequence[str] = ("correlation"
     """Each structure measure against t (or ``x="log_snr"``), one line per schedule.
 
     Args:
-        table: output of :func:`diffusion_lib.forward_analysis.structure_table`.
+        table: output of :func:`diffusion_lib.experiments.forward.structure_table`.
         measures: columns to plot, one panel each (columns that are all NaN are skipped).
         x: "t" or "log_snr" (x axis).
 
