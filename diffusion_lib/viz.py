@@ -489,7 +489,10 @@ def labelled_rows(rows: Mapping[str, torch.Tensor], title: str | None = None, sc
     if len(counts) != 1:
         raise ValueError(f"every row needs the same number of images; got {sorted(counts)}")
     images = torch.cat([v.detach().float().cpu() for v in rows.values()])
-    return image_figure(images, nrow=counts.pop(), title=title, row_labels=list(rows), scale=scale)
+    fig = image_figure(images, nrow=counts.pop(), title=title, row_labels=list(rows), scale=scale)
+    if title:  # wide enough for the title (about 0.085 inch per character at the default font size)
+        fig.set_figwidth(max(fig.get_figwidth(), 0.085 * len(title) + 0.6))
+    return fig
 
 
 def class_grid(columns: Mapping[str, torch.Tensor], labels: torch.Tensor, class_names: Sequence[str] | None = None,

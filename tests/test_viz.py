@@ -153,5 +153,7 @@ def test_plot_training_log_and_labelled_rows(tmp_path):
     fig = viz.labelled_rows(rows, title="same x_T")
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["ddim 10", "ddpm 10"]
     assert fig.axes[0].get_title() == "same x_T"
+    long_title = "same x_T, diffusers schedulers driving our UNet (name, steps)"
+    assert viz.labelled_rows(rows, title=long_title).get_figwidth() >= 0.085 * len(long_title)
     with pytest.raises(ValueError, match="same number"):
         viz.labelled_rows({"a": torch.zeros(4, 1, 8, 8), "b": torch.zeros(3, 1, 8, 8)})
