@@ -1,5 +1,9 @@
 """Pictures: image grids and NPZ exports (the uint8 edge), schedule and structure plots, forward-process strips,
-reverse-process trajectories and GIFs, guidance sweeps. Figures are matplotlib ``Figure`` objects (no pyplot state)."""
+reverse-process trajectories and GIFs, sweep plots (guidance, steps, sample size), training logs, labelled rows.
+
+Figures are matplotlib ``Figure`` objects (no pyplot state, nothing is shown twice). A notebook shows
+them as PNG images once IPython's inline formatter is on: every course notebook starts with
+``%matplotlib inline`` (without it a Figure prints as the text ``<Figure size ...>``)."""
 
 from __future__ import annotations
 
@@ -246,7 +250,7 @@ def plot_structure(table: pd.DataFrame, measures: Sequence[str] = ("correlation"
     """Each structure measure against t (or ``x="log_snr"``), one line per schedule.
 
     Args:
-        table: output of :func:`diffusion_lib.forward_analysis.structure_table`.
+        table: output of :func:`diffusion_lib.experiments.forward.structure_table`.
         measures: columns to plot, one panel each (columns that are all NaN are skipped).
         x: "t" or "log_snr" (x axis).
 
@@ -348,17 +352,80 @@ def save_gif(frames: torch.Tensor, path: str | Path, nrow: int = 8, duration_ms:
     return Path(path)
 
 
+def plot_sweep(table: pd.DataFrame, x: str, metrics: Sequence[str], by: str | None = None, *,
+               xlabel: str | None = None, log_x: bool = False, tradeoff: tuple[str, str] | None = None,
+               tradeoff_title: str | None = None, tradeoff_log_x: bool = False) -> Figure:
+    """Metrics of a sweep against the swept setting: one panel per metric, one line per group.
+
+    Args:
+        table: one row per setting, e.g. a :class:`diffusion_lib.experiments.SamplerSweep` table or a
+            guidance sweep; the columns ``x``, ``metrics`` (and ``by``, the tradeoff columns) are read.
+        x: the swept column (guidance scale, steps, sample size, ...), the x axis of each metric panel.
+        metrics: metric columns, one panel each (y axis).
+        by: column whose values name one line each (sampler, method, draw); None: one line.
+        xlabel: x-axis label of the metric panels (default ``x``); titles read "<metric> vs <xlabel>".
+        log_x: log x axis with a tick at every value of ``x`` (e.g. steps 5, 10, 25, 50).
+        tradeoff: ``(x_column, y_column)``: a last panel plotting one against the other, each point
+            annotated with its value of ``x`` (e.g. ``("sec_per_image", "fid")`` or a quality/diversity
+            trade-off).
+        tradeoff_title: title of that panel (default "trade-off (labels: <xlabel>)").
+        tradeoff_log_x: log x axis on that panel (e.g. for seconds per image).
+
+    Returns:
+        matplotlib Figure with ``len(metrics)`` (+1 with ``tradeoff``) panels; the first has the legend.
+
+    Raises:
+        ValueError: no metrics, or a named column missing from ``table``.
+    """
+    if not metrics:
+        raise ValueError("metrics is empty; name at least one metric column")
+    columns = [x, *metrics, *([by] if by else []), *(tradeoff or ())]
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ValueError(f"columns {missing} are not in the table; it has {list(table.columns)}")
+    xlabel = xlabel or x
+    panels = len(metrics) + (1 if tradeoff else 0)
+    fig = Figure(figsize=(4.5 * panels, 3.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, panels))
+    groups = table.groupby(by, sort=False) if by else [("", table)]
+    for name, rows in groups:
+        rows = rows.sort_values(x)
+        for ax, metric in zip(axes, metrics):
+            ax.plot(rows[x], rows[metric], marker="o", label=str(name))
+            ax.set(xlabel=xlabel, ylabel=metric, title=f"{metric} vs {xlabel}")
+        if tradeoff:
+            ax = axes[-1]
+            ax.plot(rows[tradeoff[0]], rows[tradeoff[1]], marker="o", label=str(name))
+            for _, row in rows.iterrows():
+                ax.annotate(f"{row[x]:g}", (row[tradeoff[0]], row[tradeoff[1]]), fontsize=8,
+                            textcoords="offset points", xytext=(3, 3))
+            ax.set(xlabel=tradeoff[0], ylabel=tradeoff[1], title=tradeoff_title or f"trade-off (labels: {xlabel})")
+    if log_x:
+        ticks = sorted(float(v) for v in table[x].dropna().unique())
+        for ax in axes[:len(metrics)]:
+            ax.set_xscale("log")
+            ax.minorticks_off()
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    if tradeoff and tradeoff_log_x:
+        axes[-1].set_xscale("log")
+    if by:
+        axes[0].legend(fontsize=8)
+    return fig
+
+
 def plot_guidance_sweep(table: pd.DataFrame, scale: str = "scale", method: str = "method",
                         metrics: Sequence[str] = ("class_accuracy", "diversity")) -> Figure:
     """Sample quality against guidance strength: each metric against the scale, plus the trade-off.
+
+    :func:`plot_sweep` with x label "guidance <scale>"; with two metrics a last panel plots the first
+    against the second (the trade-off curve, each point annotated with its scale).
 
     Args:
         table: one row per (method, scale) with the metric columns, e.g. from
             :func:`diffusion_lib.experiments.guidance_sweep`.
         scale: the column holding the guidance scale.
         method: the column naming the guidance method (one line each).
-        metrics: metric columns; with two of them a last panel plots the first against the second (the
-            trade-off curve, each point annotated with its scale).
+        metrics: metric columns.
 
     Returns:
         matplotlib Figure.
@@ -366,25 +433,65 @@ def plot_guidance_sweep(table: pd.DataFrame, scale: str = "scale", method: str =
     Raises:
         ValueError: a named column missing from ``table``.
     """
-    missing = [c for c in (scale, method, *metrics) if c not in table.columns]
+    tradeoff = (metrics[1], metrics[0]) if len(metrics) == 2 else None
+    return plot_sweep(table, scale, metrics, method, xlabel=f"guidance {scale}", tradeoff=tradeoff,
+                      tradeoff_title="trade-off (labels: scale)")
+
+
+def plot_training_log(log: pd.DataFrame | str | Path, columns: Sequence[str] = ("loss",), x: str = "step",
+                      title: str | None = None) -> Figure:
+    """Training curves from a run's ``log.csv``: one panel per logged column against the step.
+
+    Args:
+        log: the Trainer's log (a DataFrame, or the path of ``log.csv``), e.g. with columns step, loss,
+            recon, kl for a VAE.
+        columns: the columns to plot, one panel each.
+        x: the x column (default "step").
+        title: optional figure title (e.g. "loss = recon + 1 x kl").
+
+    Returns:
+        matplotlib Figure.
+
+    Raises:
+        ValueError: a named column missing from the log.
+    """
+    log = pd.read_csv(log) if isinstance(log, (str, Path)) else log
+    missing = [c for c in (x, *columns) if c not in log.columns]
     if missing:
-        raise ValueError(f"columns {missing} are not in the table; it has {list(table.columns)}")
-    panels = len(metrics) + (1 if len(metrics) == 2 else 0)
-    fig = Figure(figsize=(4.5 * panels, 3.6), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, panels))
-    for name, rows in table.groupby(method, sort=False):
-        rows = rows.sort_values(scale)
-        for ax, metric in zip(axes, metrics):
-            ax.plot(rows[scale], rows[metric], marker="o", label=str(name))
-            ax.set(xlabel=f"guidance {scale}", ylabel=metric, title=f"{metric} vs {scale}")
-        if len(metrics) == 2:
-            ax = axes[-1]
-            ax.plot(rows[metrics[1]], rows[metrics[0]], marker="o", label=str(name))
-            for _, row in rows.iterrows():
-                ax.annotate(f"{row[scale]:g}", (row[metrics[1]], row[metrics[0]]), fontsize=8,
-                            textcoords="offset points", xytext=(3, 3))
-            ax.set(xlabel=metrics[1], ylabel=metrics[0], title="trade-off (labels: scale)")
-    axes[0].legend(fontsize=8)
+        raise ValueError(f"columns {missing} are not in the log; it has {list(log.columns)}")
+    fig = Figure(figsize=(4 * len(columns), 3.2), layout="constrained")
+    for ax, column in zip(np.atleast_1d(fig.subplots(1, len(columns))), columns):
+        ax.plot(log[x], log[column])
+        ax.set(xlabel=x, ylabel=column, title=column)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def labelled_rows(rows: Mapping[str, torch.Tensor], title: str | None = None, scale: float = 0.5) -> Figure:
+    """One grid row of images per setting, labelled on the left (e.g. a sampler sweep's ``grid_rows()``).
+
+    Args:
+        rows: label -> float images (K, C, H, W) in [-1, 1], the same K for every row (e.g. one image per
+            class, all from the same starting noise).
+        title: optional title.
+        scale: figure inches per image.
+
+    Returns:
+        matplotlib Figure (one axes: the grid, row labels as y tick labels).
+
+    Raises:
+        ValueError: empty ``rows`` or rows of different lengths.
+    """
+    if not rows:
+        raise ValueError("rows is empty")
+    counts = {len(v) for v in rows.values()}
+    if len(counts) != 1:
+        raise ValueError(f"every row needs the same number of images; got {sorted(counts)}")
+    images = torch.cat([v.detach().float().cpu() for v in rows.values()])
+    fig = image_figure(images, nrow=counts.pop(), title=title, row_labels=list(rows), scale=scale)
+    if title:  # wide enough for the title (about 0.085 inch per character at the default font size)
+        fig.set_figwidth(max(fig.get_figwidth(), 0.085 * len(title) + 0.6))
     return fig
 
 

@@ -8,9 +8,11 @@ path, pointing at this interpreter.
 
 Checked: requests without the token are refused; with the token the Lab UI renders and
 lands in notebooks/; every numbered notebook is listed; a notebook opens on the project
-kernel, which imports diffusion_lib and runs this interpreter; nothing in notebooks/ is
-written. A screenshot is saved to
-outputs/test-artifacts/jupyterlab.png. Needs Chromium and playwright (.ci/system-deps.sh):
+kernel, which imports diffusion_lib and runs this interpreter; an executed notebook (notebook 01
+run in the smoke profile by the runner, copied to outputs/test-artifacts/executed/) shows every
+figure as a rendered <img>, one per image/png output, and none as "<Figure size ...>" text;
+nothing in notebooks/ is written. Screenshots are saved to
+outputs/test-artifacts/jupyterlab.png and jupyterlab-executed.png. Needs Chromium and playwright (.ci/system-deps.sh):
 when missing, the test fails in CI (CI=true) and is skipped elsewhere.
 """
 
@@ -28,11 +30,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import nbformat
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 START_SCRIPT = REPO / "docker" / "start-lab.sh"
 ARTIFACTS = REPO / "outputs" / "test-artifacts"
+EXECUTED = ARTIFACTS / "executed"
+EXECUTED_NOTEBOOK = "01_data_acquisition_and_analysis.ipynb"  # the quickest notebook that draws figures
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -105,6 +110,8 @@ def _server_env(tmp_path, port, token):
     # write into notebooks/ (checked at the end).
     plugins = json.loads((REPO / "docker" / "overrides.json").read_text())
     plugins.setdefault("@jupyterlab/docmanager-extension:plugin", {})["autosave"] = False
+    # Render every cell, not only those scrolled into view, so all output images can be counted.
+    plugins.setdefault("@jupyterlab/notebook-extension:tracker", {})["windowingMode"] = "none"
     settings = tmp_path / "lab-user-settings"
     for plugin_id, values in plugins.items():
         package, plugin = plugin_id.split(":")
@@ -159,7 +166,18 @@ def _stop(proc):
             proc.wait(timeout=5)
 
 
-def test_jupyterlab_in_headless_chromium(tmp_path):
+def _executed_copy(smoke_run):
+    """Notebook 01 executed in the smoke profile, copied under the server root; (relative path, image/png count)."""
+    result, _ = smoke_run(REPO / "notebooks" / EXECUTED_NOTEBOOK)
+    assert result.status == "ok", f"{EXECUTED_NOTEBOOK} failed: {result.error}"
+    executed = nbformat.read(result.output, as_version=4)
+    images = sum("image/png" in o.get("data", {}) for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    EXECUTED.mkdir(parents=True, exist_ok=True)
+    nbformat.write(executed, EXECUTED / EXECUTED_NOTEBOOK)
+    return (EXECUTED / EXECUTED_NOTEBOOK).relative_to(REPO).as_posix(), images
+
+
+def test_jupyterlab_in_headless_chromium(tmp_path, smoke_run):
     chromium = _chromium()
     try:
         from playwright.sync_api import expect, sync_playwright
@@ -167,6 +185,8 @@ def test_jupyterlab_in_headless_chromium(tmp_path):
         _missing("the playwright Python package")
     notebooks = _numbered_notebooks()
     assert notebooks, "no numbered notebooks (NN_name.ipynb) in notebooks/"
+    executed_path, executed_images = _executed_copy(smoke_run)
+    assert executed_images > 0, f"the executed {EXECUTED_NOTEBOOK} has no image/png output"
     mtimes = {n: (REPO / "notebooks" / n).stat().st_mtime_ns for n in notebooks}
     kernel_name, kernel_display = _kernel_from_dockerfile()
 
@@ -238,8 +258,22 @@ def test_jupyterlab_in_headless_chromium(tmp_path):
                 expect(output).to_contain_text(
                     f"probe-ok {Path(sys.executable).resolve()}", timeout=UI_TIMEOUT_MS
                 )
-            finally:
                 page.screenshot(path=str(shot))
+
+                # An executed notebook: every figure is a rendered <img>, none is "<Figure size ...>" text.
+                page.goto(f"{base}/lab/tree/{executed_path}", timeout=UI_TIMEOUT_MS)
+                panel = page.locator(".jp-NotebookPanel:visible")
+                expect(panel.locator(".jp-Notebook .jp-Cell").first).to_be_visible(timeout=UI_TIMEOUT_MS)
+                images = panel.locator(".jp-OutputArea-output img")
+                expect(images.first).to_be_visible(timeout=UI_TIMEOUT_MS)
+                expect(images).to_have_count(executed_images, timeout=UI_TIMEOUT_MS)
+                assert images.first.evaluate("img => img.naturalWidth") > 0  # decoded, not a broken image
+                text_figures = panel.locator(".jp-OutputArea-output", has_text="<Figure size")
+                assert text_figures.count() == 0, "a figure is shown as text in JupyterLab"
+                page.screenshot(path=str(ARTIFACTS / "jupyterlab-executed.png"))
+            finally:
+                if not shot.exists():
+                    page.screenshot(path=str(shot))
                 browser.close()
 
         status, _, body = _get(f"{base}/api/sessions", token=token)

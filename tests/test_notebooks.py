@@ -5,6 +5,7 @@ Every notebook in notebooks/ is picked up automatically. The execution tests are
 """
 
 import configparser
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +16,10 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_outp
 
 import diffusion_lib
 from diffusion_lib import cli
-from diffusion_lib.course.notebooks import (KERNELSPEC, check_notebook, find_notebooks, format_table, run_notebook,
-                                     run_notebooks)
+from diffusion_lib.config import load_config
+from diffusion_lib.course.notebooks import (FIGURE_AS_TEXT, KERNELSPEC, PARAMETERS_TAG, check_notebook,
+                                            executed_notebook_problems, find_notebooks, format_table, run_notebook,
+                                            run_notebooks)
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -58,6 +61,25 @@ def test_there_are_notebooks():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_stored_notebook_is_clean(path):
     assert check_notebook(path) == []
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_first_code_cell_switches_on_inline_figures(path):
+    """The library draws matplotlib Figures without pyplot: only ``%matplotlib inline`` makes the kernel show them
+    as PNG images (without it they print as "<Figure size ...>" text)."""
+    nb = nbformat.read(path, as_version=4)
+    first = next(c for c in nb.cells if c.cell_type == "code" and PARAMETERS_TAG not in c.metadata.get("tags", []))
+    assert first.source.startswith("%matplotlib inline"), first.source[:80]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_configs_named_by_a_notebook_exist_and_load(path):
+    names = set(re.findall(r"configs/([\w.]+\.yaml)", path.read_text()))
+    names |= {f"nb{path.name[:2]}_{kind}_{profile}.yaml" for kind in
+              re.findall(r"configs/nb\d\d_(\w+)_\{PROFILE\}", path.read_text()) for profile in ("smoke", "full")}
+    for name in names:  # a notebook's own configs (nbNN_*) are named for their file
+        config = load_config(ROOT / "configs" / name)
+        assert config.name == name.removesuffix(".yaml") or not name.startswith("nb")
 
 
 def test_stored_notebooks_are_unchanged_by_nbstripout():
@@ -176,6 +198,12 @@ def test_notebook_runs_in_the_smoke_profile(path, smoke_run):
     code_cells = [c for c in executed.cells if c.cell_type == "code"]
     assert all(c.execution_count is not None for c in code_cells)
     assert not any(o.output_type == "error" for c in code_cells for o in c.outputs)
+    # every figure is an image: no "<Figure size ...>" text in place of a picture, and pictures were drawn
+    assert executed_notebook_problems(executed) == []
+    printed = [i for i, c in enumerate(executed.cells) if c.cell_type == "code" for o in c.outputs
+               if o.output_type == "stream" and FIGURE_AS_TEXT in o.get("text", "")]
+    assert printed == [], f"cells {printed} print a figure as text"
+    assert _outputs(result)[1] > 0, "no image/png output: the notebook shows no figure"
 
 
 def _outputs(result) -> tuple[str, int]:
@@ -203,5 +231,5 @@ def test_notebook_07_says_what_it_would_load_and_writes_its_sweep(smoke_run):
     text, images = _outputs(result)
     assert "google/ddpm-cifar10-32" in text and images >= 5
     table = (output_dir / "sweep.csv").read_text()
-    assert "ddim" in table and "EulerDiscreteScheduler" in table and "fid" in table
+    assert "ddim" in table and "diffusers:euler" in table and "fid" in table
     assert (output_dir / "diffusers_model" / "model_index.json").is_file()

@@ -118,3 +118,42 @@ def test_class_grid_and_image_figure(tmp_path):
         assert png.format == "PNG"
     with pytest.raises(ValueError, match="row_labels"):
         viz.image_figure(ordered, nrow=per_row, row_labels=["only one"])
+
+
+def test_plot_sweep_panels_log_ticks_and_tradeoff():
+    table = pd.DataFrame({"sampler": ["ddim"] * 3 + ["ddpm"] * 3, "steps": [5, 10, 25] * 2,
+                          "fid": [9.0, 5.0, 4.0, 20.0, 12.0, 6.0], "sec_per_image": [0.1, 0.2, 0.5, 0.1, 0.2, 0.5]})
+    fig = viz.plot_sweep(table, "steps", ["fid"], "sampler", xlabel="sampling steps", log_x=True,
+                         tradeoff=("sec_per_image", "fid"), tradeoff_log_x=True)
+    assert len(fig.axes) == 2 and fig.axes[1].get_xscale() == "log"
+    panel, tradeoff = fig.axes
+    assert panel.get_xscale() == "log" and panel.get_title() == "fid vs sampling steps"
+    assert [t.get_text() for t in panel.get_xticklabels()] == ["5", "10", "25"]
+    np.testing.assert_allclose(_lines(panel)["ddpm"].get_ydata(), [20.0, 12.0, 6.0])
+    np.testing.assert_allclose(_lines(tradeoff)["ddim"].get_xdata(), [0.1, 0.2, 0.5])
+    assert sorted(t.get_text() for t in tradeoff.texts)[:3] == ["10", "10", "25"]  # points labelled by steps
+    single = viz.plot_sweep(table[table["sampler"] == "ddim"], "steps", ["fid", "sec_per_image"])
+    assert len(single.axes) == 2 and single.axes[0].get_legend() is None
+    assert single.axes[0].get_xscale() == "linear"
+    with pytest.raises(ValueError, match="not in the table"):
+        viz.plot_sweep(table, "steps", ["kid_mean"])
+    with pytest.raises(ValueError, match="metrics is empty"):
+        viz.plot_sweep(table, "steps", [])
+
+
+def test_plot_training_log_and_labelled_rows(tmp_path):
+    log = pd.DataFrame({"step": [10, 20, 30], "loss": [3.0, 2.0, 1.5], "recon": [2.5, 1.5, 1.0], "kl": [0.5, 0.5, 0.5]})
+    log.to_csv(tmp_path / "log.csv", index=False)
+    fig = viz.plot_training_log(tmp_path / "log.csv", ["loss", "recon", "kl"], title="loss = recon + kl")
+    assert [ax.get_title() for ax in fig.axes] == ["loss", "recon", "kl"]
+    np.testing.assert_allclose(fig.axes[1].get_lines()[0].get_ydata(), [2.5, 1.5, 1.0])
+    with pytest.raises(ValueError, match="not in the log"):
+        viz.plot_training_log(log, ["fid"])
+    rows = {"ddim 10": torch.zeros(4, 1, 8, 8), "ddpm 10": torch.ones(4, 1, 8, 8)}
+    fig = viz.labelled_rows(rows, title="same x_T")
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["ddim 10", "ddpm 10"]
+    assert fig.axes[0].get_title() == "same x_T"
+    long_title = "same x_T, diffusers schedulers driving our UNet (name, steps)"
+    assert viz.labelled_rows(rows, title=long_title).get_figwidth() >= 0.085 * len(long_title)
+    with pytest.raises(ValueError, match="same number"):
+        viz.labelled_rows({"a": torch.zeros(4, 1, 8, 8), "b": torch.zeros(3, 1, 8, 8)})
