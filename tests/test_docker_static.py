@@ -299,12 +299,14 @@ def test_signals_reach_the_server():
     assert last_command(START).startswith('exec python "${here}/lab_server.py"')
 
 
-def test_readme_docker_section_documents_the_setup():
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("<!-- section:docker -->")[1].split("<!-- /section:docker -->")[0]
+def test_docker_page_documents_the_setup_and_readme_links_it():
+    page = (REPO / "docs" / "docker.md").read_text()
+    section = page.split("<!-- section:docker -->")[1].split("<!-- /section:docker -->")[0]
     for needle in (FULL_SUITE, "docker-compose.cpu.yml", "580", "JUPYTER_TOKEN", "StanfordCars"):
         assert needle in section, needle
     assert FULL_SUITE in COMPOSE.read_text()
+    readme = (REPO / "README.md").read_text()
+    assert "docker compose up" in readme and "(docs/docker.md)" in readme
 
 
 def _stub_python(tmp_path):
