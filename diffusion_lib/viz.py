@@ -490,8 +490,10 @@ def labelled_rows(rows: Mapping[str, torch.Tensor], title: str | None = None, sc
         raise ValueError(f"every row needs the same number of images; got {sorted(counts)}")
     images = torch.cat([v.detach().float().cpu() for v in rows.values()])
     fig = image_figure(images, nrow=counts.pop(), title=title, row_labels=list(rows), scale=scale)
-    if title:  # wide enough for the title (about 0.085 inch per character at the default font size)
-        fig.set_figwidth(max(fig.get_figwidth(), 0.085 * len(title) + 0.6))
+    if title:  # wide enough for the title (about 0.085 inch per character at the default font size), which is
+        # centred over the images, right of the row labels: so the labels' width counts twice
+        labels_width = 0.085 * max(len(str(label)) for label in rows)
+        fig.set_figwidth(max(fig.get_figwidth(), 0.085 * len(title) + 0.6 + 2 * labels_width))
     return fig
 
 
