@@ -168,6 +168,27 @@ def make_folder(path: str | Path, target: str | Path | None = None) -> Path:
     return path
 
 
+def _temporary_beside(path: Path, folder: bool = False) -> str:
+    """A fresh temporary file (or folder) beside ``path``, named so :func:`clean_stale_temporaries` finds it.
+
+    The parent folder is created and stale temporaries of ``path`` are removed first.
+
+    Raises:
+        WriteError: the file system refused.
+    """
+    make_folder(path.parent, path)
+    clean_stale_temporaries(path, folder=folder)
+    prefix = f".{path.name}.{_host_tag()}."
+    try:
+        if folder:
+            return tempfile.mkdtemp(dir=path.parent, prefix=prefix, suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp" + path.suffix)
+    except OSError as error:
+        raise _write_error(path, error) from error
+    os.close(fd)
+    return tmp
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` on a fresh temporary file beside ``path``, then rename it over ``path``.
 
@@ -182,13 +203,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
         WriteError: the file system refused (``cannot write PATH: reason``).
     """
     path = Path(path)
-    make_folder(path.parent, path)
-    clean_stale_temporaries(path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_host_tag()}.", suffix=".tmp" + path.suffix)
-    except OSError as error:
-        raise _write_error(path, error) from error
-    os.close(fd)
+    tmp = _temporary_beside(path)
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes private (0600) files; give the usual permissions
@@ -248,12 +263,7 @@ def atomic_write_folder(path: str | Path, write: Callable[[Path], None]) -> Path
         WriteError: the file system refused (``cannot write PATH: reason``).
     """
     path = Path(path)
-    make_folder(path.parent, path)
-    clean_stale_temporaries(path, folder=True)
-    try:
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{_host_tag()}.", suffix=".tmp"))
-    except OSError as error:
-        raise _write_error(path, error) from error
+    tmp = Path(_temporary_beside(path, folder=True))
     try:
         write(tmp)
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes private (0700) folders; give the usual permissions
