@@ -9,6 +9,23 @@ import torch
 from diffusion_lib import ConditionalUNet, NoiseSchedule, UNet
 
 
+class BrightnessClassifier(torch.nn.Module):
+    """A fixed 3-class judge, p(y | x) from the mean pixel value: 0 = dark, 1 = neutral, 2 = bright; ignores t.
+
+    Its log-probability has a known gradient, so guidance and accuracy tests need no training.
+    """
+
+    num_classes = 3
+
+    def __init__(self):
+        super().__init__()
+        self.gain = torch.nn.Parameter(torch.tensor(8.0))
+
+    def forward(self, x, t=None):
+        mean = x.float().mean(dim=(1, 2, 3))
+        return torch.stack([-self.gain * mean, torch.zeros_like(mean), self.gain * mean], dim=1)
+
+
 @pytest.fixture
 def schedule() -> NoiseSchedule:
     return NoiseSchedule("linear", num_train_timesteps=100)

@@ -4,12 +4,13 @@ import copy
 
 import pytest
 import torch
-from torch import nn
 
 from diffusion_lib.experiments.guidance import guidance_sweep, within_class_diversity
 from diffusion_lib.guidance import classifier_log_prob_grad
 from diffusion_lib.models.classifier import Classifier
 from diffusion_lib.sampling import ddim_sample, ddpm_sample, predict_x0_and_eps
+
+from conftest import BrightnessClassifier
 
 
 @pytest.fixture
@@ -18,18 +19,6 @@ def noisy_classifier():
     return Classifier(1, 3, base_channels=8, channel_mults=(1, 2), time_conditional=True, num_train_timesteps=100).eval()
 
 
-class BrightnessClassifier(nn.Module):
-    """p(y | x) from the mean pixel value: class 0 = dark, 1 = neutral, 2 = bright; ignores t."""
-
-    num_classes = 3
-
-    def __init__(self):
-        super().__init__()
-        self.gain = nn.Parameter(torch.tensor(8.0))
-
-    def forward(self, x, t=None):
-        mean = x.float().mean(dim=(1, 2, 3))
-        return torch.stack([-self.gain * mean, torch.zeros_like(mean), self.gain * mean], dim=1)
 
 
 def _log_prob(classifier, x, t, y):

@@ -3,7 +3,6 @@
 import pandas as pd
 import pytest
 import torch
-from torch import nn
 
 from diffusion_lib import interop
 from diffusion_lib.experiments import SamplerSetting, pipeline_sweep, sampler_sweep, seed_spread, settings_grid
@@ -12,19 +11,7 @@ from diffusion_lib.metrics import ClassifierExtractor
 from diffusion_lib.models.classifier import Classifier
 from diffusion_lib.sampling import ddim_sample, ddpm_sample
 
-
-class BrightnessJudge(nn.Module):
-    """3 classes from the mean pixel value: dark, neutral, bright."""
-
-    num_classes = 3
-
-    def __init__(self):
-        super().__init__()
-        self.gain = nn.Parameter(torch.tensor(8.0))
-
-    def forward(self, x, t=None):
-        mean = x.float().mean(dim=(1, 2, 3))
-        return torch.stack([-self.gain * mean, torch.zeros_like(mean), self.gain * mean], dim=1)
+from conftest import BrightnessClassifier
 
 
 @pytest.fixture
@@ -46,7 +33,7 @@ def test_settings_grid_and_names():
 def test_sweep_shares_noise_and_labels_and_scores_every_setting(tiny_cond_unet, schedule, noise):
     settings = [*settings_grid("ddim", steps=[2, 4], eta=0.0), SamplerSetting("ddpm", 3),
                 SamplerSetting("ddim", 2, eta=0.0)]  # a repeated setting runs once
-    sweep = sampler_sweep(tiny_cond_unet, schedule, settings, noise=noise, judge=BrightnessJudge(),
+    sweep = sampler_sweep(tiny_cond_unet, schedule, settings, noise=noise, judge=BrightnessClassifier(),
                           reference=SamplerSetting("ddim", 4, eta=0.0), seed=3)
     table = sweep.table
     assert list(table.columns) == list(COLUMNS) and list(table["name"]) == ["ddim 2 eta=0", "ddim 4 eta=0", "ddpm 3"]
@@ -69,7 +56,7 @@ def test_sweep_shares_noise_and_labels_and_scores_every_setting(tiny_cond_unet, 
 
 def test_seeds_guidance_and_spread(tiny_cond_unet, schedule):
     sweep = sampler_sweep(tiny_cond_unet, schedule, settings_grid("ddim", steps=2, seed=[0, 1, 2]),
-                          image_shape=(1, 8, 8), num_samples=6, judge=BrightnessJudge(), guidance_scale=3.0)
+                          image_shape=(1, 8, 8), num_samples=6, judge=BrightnessClassifier(), guidance_scale=3.0)
     assert (sweep.table["guidance_scale"] == 3.0).all() and list(sweep.table["seed"]) == [0, 1, 2]
     a, b = sweep.samples["ddim 2 seed=0"], sweep.samples["ddim 2 seed=1"]
     assert not torch.equal(a, b), "each seed draws its own x_T"
@@ -95,7 +82,7 @@ def test_fid_and_kid_against_real_images(tiny_cond_unet, schedule, noise):
 
 def test_diffusers_scheduler_rows_against_our_ddim(tiny_cond_unet, schedule, noise):
     sweep = sampler_sweep(tiny_cond_unet, schedule, [SamplerSetting("diffusers:ddim", 4)], noise=noise,
-                          reference=SamplerSetting("ddim", 4), judge=BrightnessJudge())
+                          reference=SamplerSetting("ddim", 4), judge=BrightnessClassifier())
     row = sweep.table.iloc[0]
     assert row["sampler"] == "diffusers:ddim" and row["nfe"] == 4
     assert row["reference_max_abs"] < 1e-4  # diffusers' DDIMScheduler on our model is our DDIM
