@@ -190,7 +190,7 @@ def plot_runs(runs: Sequence[str | Path | RunRecord], smooth: int = 1, max_grids
     Raises:
         ValueError: smooth < 1.
     """
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from PIL import Image
 
     if smooth < 1:
@@ -198,7 +198,7 @@ def plot_runs(runs: Sequence[str | Path | RunRecord], smooth: int = 1, max_grids
     records = _records(runs)
     grids = [r for r in records if r.samples is not None][:max_grids]
     columns = max(len(grids), 1)
-    fig = plt.figure(figsize=(max(6.0, 2.6 * columns), 6.5 if grids else 3.5), layout="constrained")
+    fig = Figure(figsize=(max(6.0, 2.6 * columns), 6.5 if grids else 3.5), layout="constrained")
     spec = fig.add_gridspec(2 if grids else 1, columns, height_ratios=[1, 1.2] if grids else [1])
     ax = fig.add_subplot(spec[0, :])
     for r in records:
