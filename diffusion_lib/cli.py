@@ -195,7 +195,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     loaded = load_model(args.checkpoint, device=device)
     config, d = loaded.config, loaded.data
     report = {"checkpoint": str(args.checkpoint), "model": config.model.kind, "step": loaded.step, "seed": args.seed}
-    check_writable(out)  # before minutes of sampling and scoring
+    # before minutes of sampling and scoring (the default file goes beside the checkpoint)
+    check_writable(out if out is not None else Path(args.checkpoint).with_suffix(".eval.json"))
     start = time.perf_counter()
     labels = None
     if loaded.schedule is None:  # VAE: decode prior draws z ~ N(0, I)
