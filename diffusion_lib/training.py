@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .atomic import WriteError, atomic_write_text, clean_stale_temporaries, make_folder
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import ExperimentConfig, save_config
+from .config import LR_SCHEDULES, ExperimentConfig, save_config
 from .device import resolve_device
 from .loggers import RunSummary, flatten_config, open_trackers, read_png
 from .models import build_model, is_conditional
@@ -142,6 +142,31 @@ def total_steps(training, num_images: int) -> int:
         return training.max_steps
     steps_per_epoch = max(1, num_images // min(training.batch_size, num_images))
     return min(training.max_steps, training.max_epochs * steps_per_epoch)
+
+
+def learning_rate_factor(step: int, warmup_steps: int, max_steps: int, schedule: str = "constant") -> float:
+    """The multiplier of ``training.learning_rate`` for optimiser step ``step`` (0-based).
+
+    Linear warm-up (step + 1) / (warmup_steps + 1) to 1, then "constant" (1) or "cosine": half a cosine
+    from 1 down to 0 at ``max_steps`` (Loshchilov & Hutter 2017, eq. 5 without restarts), as diffusers'
+    ``get_cosine_schedule_with_warmup``. Returns a float in (0, 1].
+
+    Raises:
+        ValueError: an unknown ``schedule`` (accepted: ``config.LR_SCHEDULES``).
+    """
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {list(LR_SCHEDULES)}; got {schedule!r}")
+    if step < warmup_steps or schedule == "constant":
+        return min(1.0, (step + 1) / (warmup_steps + 1))
+    progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def build_optimizer(model: nn.Module, training, device: torch.device) -> torch.optim.AdamW:
+    """AdamW (Loshchilov & Hutter 2019) over the model's parameters at ``training.learning_rate`` and
+    ``training.weight_decay``, with the fused kernel (one pass over all parameters) on CPU and CUDA."""
+    return torch.optim.AdamW(model.parameters(), lr=training.learning_rate, weight_decay=training.weight_decay,
+                             fused=device.type in ("cpu", "cuda"))
 
 
 def build_network(config: ExperimentConfig, channels: int, image_size: int, num_classes: int) -> nn.Module:
@@ -239,7 +264,9 @@ class Trainer:
                              f"use a multiple of {self.dist.world_size}")
 
         torch.manual_seed(config.training.seed)
-        self.model = build_network(config, dataset.channels, dataset.image_size, dataset.num_classes).to(self.device)
+        self.memory_format = torch.channels_last if config.training.channels_last else torch.contiguous_format
+        self.model = build_network(config, dataset.channels, dataset.image_size, dataset.num_classes).to(
+            self.device, memory_format=self.memory_format)
         self.conditional = is_conditional(self.model)
         if self.conditional:
             check_labels(dataset, dataset.num_classes)
@@ -247,9 +274,10 @@ class Trainer:
         self.objective = build_objective(config, self.device)
         self.schedule = self.objective.schedule  # None for the VAE
         t = config.training
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
+        self.max_steps = total_steps(t, len(dataset))  # max_steps, or max_epochs first
+        self.optimizer = build_optimizer(self.model, t, self.device)
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: min(1.0, (step + 1) / (t.warmup_steps + 1)))
+            self.optimizer, lambda step: learning_rate_factor(step, t.warmup_steps, self.max_steps, t.lr_schedule))
         self.amp_dtype = self._amp_dtype()
         self.grad_scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self._check_forward()
@@ -259,7 +287,6 @@ class Trainer:
         self.data_generator = torch.Generator().manual_seed(t.seed + 1)     # data order
         self.step = 0
         self.grad_norm = None  # global gradient norm before clipping, of the last step (a tensor)
-        self.max_steps = total_steps(t, len(dataset))  # max_steps, or max_epochs first
         self._order = torch.empty(0, dtype=torch.long)
         self._cursor = 0
         self._first_bad_step = torch.zeros((), dtype=torch.long, device=self.device)  # 0: every step finite
@@ -448,7 +475,8 @@ class Trainer:
         indices = self._order[self._cursor:self._cursor + batch_size][self.dist.rank::self.dist.world_size]
         self._cursor += batch_size
         x0, y = self.dataset.get_batch(indices)
-        return x0.to(self.device, non_blocking=True), (y.to(self.device) if self.conditional else None)
+        x0 = x0.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        return x0, (y.to(self.device) if self.conditional else None)
 
     def _amp_dtype(self) -> torch.dtype | None:
         if not (self.config.training.amp and self.device.type == "cuda"):

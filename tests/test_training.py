@@ -381,3 +381,40 @@ def test_save_refuses_nan_weights_and_keeps_the_old_checkpoint(tmp_path, digits)
     with pytest.raises(TrainingDiverged, match=r"a weight became NaN or infinite by step 1 .*\(step 1\) is kept"):
         trainer.save(path)
     assert path.read_bytes() == old
+
+
+def test_cosine_learning_rate_matches_diffusers_after_the_warm_up_and_reaches_zero(tmp_path, digits):
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+
+    from diffusion_lib.training import learning_rate_factor
+
+    warmup, total = 10, 100
+    theirs = get_cosine_schedule_with_warmup(torch.optim.SGD([torch.zeros(1)], lr=1.0), warmup, total).lr_lambdas[0]
+    for step in range(warmup, total):  # warm-up differs on purpose: ours never gives a zero learning rate
+        assert learning_rate_factor(step, warmup, total, "cosine") == pytest.approx(theirs(step), abs=1e-12)
+    assert [learning_rate_factor(s, 3, 20, "constant") for s in (0, 2, 3, 19)] == [0.25, 0.75, 1.0, 1.0]
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        learning_rate_factor(0, 1, 2, "step")
+
+    trainer = Trainer(tiny_config("training.max_steps=12", "training.lr_schedule=cosine", "training.log_every=1",
+                                  "training.learning_rate=0.01"), tmp_path, dataset=digits, progress=False)
+    trainer.train()
+    lrs = [float(r["lr"]) for r in csv.DictReader((tmp_path / "log.csv").open())]
+    assert lrs[1] == pytest.approx(0.01) and lrs[-1] < 1e-12  # after 2 warm-up steps: the peak; after 12: zero
+    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:]))
+
+
+def test_channels_last_changes_the_layout_not_the_values(tmp_path, digits):
+    runs = {}
+    for flag in ("true", "false"):
+        trainer = Trainer(tiny_config("training.max_steps=6", f"training.channels_last={flag}", "training.log_every=1",
+                                      "model.dropout=0.0"),  # dropout masks are drawn in memory order
+                          tmp_path / flag, dataset=digits, progress=False)
+        trainer.train()
+        runs[flag] = trainer
+        losses = [float(r["loss"]) for r in csv.DictReader((tmp_path / flag / "log.csv").open())]
+        runs[flag].losses = losses
+    assert runs["true"].model.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert runs["false"].model.conv_in.weight.is_contiguous()
+    assert runs["true"].losses == pytest.approx(runs["false"].losses, rel=1e-4)
+    torch.testing.assert_close(params(runs["true"].model), params(runs["false"].model), rtol=1e-4, atol=1e-5)
