@@ -40,6 +40,14 @@ def _tensorboards(server: subprocess.Popen) -> list[psutil.Process]:
     return started + [child for p in started for child in p.children(recursive=True)]
 
 
+def _running(process: psutil.Process) -> bool:
+    """Still running: not gone and not a zombie (an orphan whose parent does not reap it has ended too)."""
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 @pytest.mark.slow
 def test_tensorboard_in_jupyterlab_shows_the_loss_plot(tmp_path):
     chromium = _chromium()
@@ -108,8 +116,9 @@ def test_tensorboard_in_jupyterlab_shows_the_loss_plot(tmp_path):
         assert tensorboards, "the proxy did not start tensorboard"
         assert str(logdir) in tensorboards[0].cmdline(), tensorboards[0].cmdline()  # TENSORBOARD_LOGDIR is used
     finally:
-        _stop(proc)
+        _stop(proc)  # SIGTERM to the server's process group, which holds the tensorboard it started
         _, alive = psutil.wait_procs(tensorboards, timeout=10)
+        alive = [p for p in alive if _running(p)]
         for p in alive:
             p.kill()
     assert not alive, f"tensorboard outlived the server: {alive}"
