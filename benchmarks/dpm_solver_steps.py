@@ -22,36 +22,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
-from sklearn.svm import SVC
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from judge_digits import to_judge_features  # noqa: E402  (the judge's 16 -> 8 features)
+from judge_digits import real_digit_features, to_judge_features  # noqa: E402  (the judge, its 16 -> 8 features)
 
 from diffusion_lib.checkpoint import load_model  # noqa: E402
-from diffusion_lib.data import load_dataset  # noqa: E402
 from diffusion_lib.device import randn, resolve_device  # noqa: E402
 from diffusion_lib.images import to_uint8  # noqa: E402
 from diffusion_lib.metrics.scores import frechet_distance  # noqa: E402
 from diffusion_lib.sampling import cycle_labels, sample  # noqa: E402
 
 TOLERANCE = 0.05
-
-
-def real_digit_features(num_samples: int):
-    """The judge (SVC on the real 8x8 training split), the round-tripped training digits' features (the
-    reference set of the Fréchet distance) and the floor: the distance of ``num_samples`` held-out
-    round-tripped real digits to that reference."""
-    digits = load_digits()
-    index = np.arange(len(digits.target))
-    train_idx, test_idx = train_test_split(index, test_size=0.3, random_state=0, stratify=digits.target)
-    judge = SVC(gamma=0.001, C=10.0).fit(digits.data[train_idx], digits.target[train_idx])
-    real16 = load_dataset("digits", image_size=16).pixels.numpy()  # uint8 (N, 16, 16, 1), 8 -> 16
-    reference = to_judge_features(real16[train_idx])  # 16 -> 8
-    held_out = to_judge_features(real16[test_idx[:num_samples]])
-    floor = frechet_distance(torch.from_numpy(reference), torch.from_numpy(held_out))
-    return judge, reference, floor
 
 
 def run(loaded, sampler, steps, noise, labels, guidance, spacing, batch):

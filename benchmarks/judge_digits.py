@@ -28,6 +28,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.svm import SVC
 
 from diffusion_lib.data import load_dataset
+from diffusion_lib.metrics.scores import frechet_distance
 
 
 def to_judge_features(images: np.ndarray) -> np.ndarray:
@@ -35,6 +36,30 @@ def to_judge_features(images: np.ndarray) -> np.ndarray:
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
     x = F.adaptive_avg_pool2d(x, 8) if x.shape[-1] != 8 else x
     return (x[:, 0] / 255.0 * 16.0).reshape(len(x), -1).numpy()
+
+
+def real_digit_features(num_samples: int):
+    """The judge (SVC on the real 8x8 training split), the round-tripped training digits' features (the
+    reference set of the Fréchet distance) and the floor: the distance of ``num_samples`` held-out
+    round-tripped real digits to that reference (<= 540 held-out digits exist)."""
+    digits = load_digits()
+    index = np.arange(len(digits.target))
+    train_idx, test_idx = train_test_split(index, test_size=0.3, random_state=0, stratify=digits.target)
+    judge = SVC(gamma=0.001, C=10.0).fit(digits.data[train_idx], digits.target[train_idx])
+    real16 = load_dataset("digits", image_size=16).pixels.numpy()  # uint8 (N, 16, 16, 1), 8 -> 16
+    reference = to_judge_features(real16[train_idx])  # 16 -> 8
+    held_out = to_judge_features(real16[test_idx[:num_samples]])
+    floor = frechet_distance(torch.from_numpy(reference), torch.from_numpy(held_out))
+    return judge, reference, floor
+
+
+def score_samples(judge, reference: np.ndarray, images: np.ndarray, labels: np.ndarray) -> dict:
+    """Class accuracy (overall and per class) and pixel-space Fréchet distance of uint8 (N, H, W, 1) samples."""
+    features = to_judge_features(images)
+    predicted = judge.predict(features)
+    return dict(accuracy=float((predicted == labels).mean()),
+                per_class={int(c): float((predicted[labels == c] == c).mean()) for c in np.unique(labels)},
+                fd=frechet_distance(torch.from_numpy(reference), torch.from_numpy(features)))
 
 
 def main() -> int:

@@ -7,13 +7,12 @@ more per level (``layers_per_block + 1``, each taking a skip), so theirs does mo
 compare code rather than size, the FLOPs of one training step (forward + backward) are counted with
 ``torch.utils.flop_counter`` and the table gives achieved GFLOP/s next to images/s.
 
-Rows:
-    ours          the Trainer's settings for this config: channels_last (``training.channels_last``) and
-                  fused AdamW (``training.build_optimizer``)
-    ours, plain   NCHW and the default (for-loop) AdamW: what the settings above are worth
-    diffusers     UNet2DModel as diffusers' train_unconditional.py runs it: NCHW, default AdamW
-    diffusers+    UNet2DModel with our settings (channels_last, fused AdamW), to show what is ours and
-                  what is the settings
+Rows (each network plain and with both speed settings, so what is the code and what is a setting shows):
+    ours              the Trainer as this config sets it: ``training.channels_last``, fused AdamW
+                      (``training.build_optimizer``)
+    ours, NCHW+loop   our network with NCHW tensors and the default for-loop AdamW
+    diffusers         UNet2DModel as diffusers' train_unconditional.py runs it: NCHW, default AdamW
+    diffusers, CL+fused   UNet2DModel with channels_last and fused AdamW
 
 Usage: python benchmarks/train_throughput.py [--config configs/digits_cfg.yaml] [--steps 30] [--device auto]
 """
@@ -64,11 +63,11 @@ def build_pair(config, channels: int, size: int) -> tuple[UNet, DiffusersAdapter
 class Contender:
     """One row: a network, its optimizer and memory layout, and the seconds its timed steps took."""
 
-    def __init__(self, name: str, model: torch.nn.Module, tuned: bool, training, device):
-        self.name, self.tuned = name, tuned
-        self.memory_format = torch.channels_last if tuned else torch.contiguous_format
+    def __init__(self, name: str, model: torch.nn.Module, channels_last: bool, fused: bool, training, device):
+        self.name = name
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(device, memory_format=self.memory_format)
-        self.optimizer = (build_optimizer(self.model, training, device) if tuned else
+        self.optimizer = (build_optimizer(self.model, training, device) if fused else
                           torch.optim.AdamW(self.model.parameters(), lr=training.learning_rate))
         self.seconds = 0.0
 
@@ -111,10 +110,11 @@ def main() -> None:
     plain_ours, plain_theirs = build_pair(config, args.channels, size)
     plain_ours.load_state_dict(ours.state_dict())
     plain_theirs.load_state_dict(theirs.state_dict())
-    rows = [Contender("ours", ours, True, config.training, device),
-            Contender("ours, plain", plain_ours, False, config.training, device),
-            Contender("diffusers", plain_theirs, False, config.training, device),
-            Contender("diffusers+", theirs, True, config.training, device)]
+    t = config.training
+    rows = [Contender("ours", ours, t.channels_last, True, t, device),
+            Contender("ours, NCHW+loop", plain_ours, False, False, t, device),
+            Contender("diffusers", plain_theirs, False, False, t, device),
+            Contender("diffusers, CL+fused", theirs, True, True, t, device)]
 
     def timed(row):
         if device.type == "cuda":
@@ -133,17 +133,17 @@ def main() -> None:
             row.seconds += timed(row)
 
     print(f"device {device}, threads {torch.get_num_threads()}, batch {batch}, {args.channels}x{size}x{size}, "
-          f"{args.steps} steps per row (interleaved), config {args.config}")
-    print(f"{'row':12s} {'params':>10s} {'GFLOP/img':>10s} {'ms/step':>8s} {'images/s':>9s} {'GFLOP/s':>8s} "
+          f"{args.steps} steps per row (interleaved), config {args.config} (channels_last={t.channels_last})")
+    print(f"{'row':20s} {'params':>10s} {'GFLOP/img':>10s} {'ms/step':>8s} {'images/s':>9s} {'GFLOP/s':>8s} "
           f"{'images/s vs diffusers':>22s} {'GFLOP/s vs diffusers':>21s}")
     base = next(r for r in rows if r.name == "diffusers")
     base_rate = batch * args.steps / base.seconds
     base_gflops = base_rate * flops["diffusers"] / 1e9
     for row in rows:
         rate = batch * args.steps / row.seconds
-        gflop = flops[row.name.split(",")[0].rstrip("+")] / 1e9
+        gflop = flops[row.name.split(",")[0]] / 1e9
         params = sum(p.numel() for p in row.model.parameters())
-        print(f"{row.name:12s} {params:10,d} {gflop:10.3f} {1000 * row.seconds / args.steps:8.1f} {rate:9.1f} "
+        print(f"{row.name:20s} {params:10,d} {gflop:10.3f} {1000 * row.seconds / args.steps:8.1f} {rate:9.1f} "
               f"{rate * gflop:8.1f} {rate / base_rate:21.2f}x {rate * gflop / base_gflops:20.2f}x")
 
 

@@ -147,9 +147,10 @@ class TrainingConfig:
         grad_clip: max global gradient norm (0 disables clipping).
         ema_decay: EMA decay of the weights; the effective decay warms up as min(decay, (1 + n) / (10 + n)).
         amp: mixed precision (bf16 or fp16) when training on CUDA; ignored on CPU and MPS.
-        channels_last: keep the weights and batches in the channels-last memory layout (NHWC), which the
-            convolution kernels of oneDNN (CPU) and cuDNN (tensor cores) run faster. The results agree up to
-            float rounding, except that dropout masks are drawn in memory order (other draws, same distribution).
+        channels_last: keep the weights and batches in the channels-last memory layout (NHWC), which cuDNN's
+            tensor-core convolutions prefer under mixed precision. Off by default: on the 2-core CPU it measured
+            no faster (benchmarks/train_throughput.py). The results agree up to float rounding, except that
+            dropout masks are drawn in memory order (other draws, same distribution).
         log_every: steps between CSV log rows.
         sample_every: steps between sample grids written to ``samples/`` (0 disables).
         checkpoint_every: steps between checkpoints (the final step is always saved).
@@ -171,7 +172,7 @@ class TrainingConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     amp: bool = True
-    channels_last: bool = True
+    channels_last: bool = False
     log_every: int = 50
     sample_every: int = 0
     checkpoint_every: int = 500
