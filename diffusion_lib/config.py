@@ -141,7 +141,9 @@ class TrainingConfig:
         batch_size: images per step.
         learning_rate: AdamW peak learning rate, reached after ``warmup_steps`` of linear warm-up.
         lr_schedule: after the warm-up, "constant" (stay at the peak) or "cosine" (half-cosine decay to 0
-            at the last step, Loshchilov & Hutter 2017; diffusers' ``get_cosine_schedule_with_warmup``).
+            at the last step, Loshchilov & Hutter 2017; diffusers' ``get_cosine_schedule_with_warmup``). The
+            cosine depends on the run's length: a run resumed with a larger ``max_steps`` continues on the
+            longer curve from the step it reached.
         weight_decay: AdamW weight decay.
         warmup_steps: linear learning-rate warm-up length.
         grad_clip: max global gradient norm (0 disables clipping).
