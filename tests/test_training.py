@@ -239,7 +239,7 @@ def test_generate_reads_the_sampling_config(tmp_path, digits):
 def test_load_or_train_trains_once_then_loads(tmp_path, digits):
     from diffusion_lib.training import load_or_train
 
-    overrides = TINY + ["training.max_steps=3"]
+    overrides = TINY + ["training.max_steps=3", "training.lr_schedule=constant"]  # a cosine depends on max_steps
     first = load_or_train("configs/digits_cfg.yaml", tmp_path, overrides, device="cpu", progress=False, dataset=digits)
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
     assert first.step == 3 and not first.model.training and ckpt.exists()
@@ -251,8 +251,11 @@ def test_load_or_train_trains_once_then_loads(tmp_path, digits):
     assert ckpt.stat().st_mtime_ns == stamp and again.config.sampling.num_inference_steps == 7
     torch.testing.assert_close(params(again.model), params(first.model))
     # more steps: resumed, and equal to an uninterrupted 5-step run
-    longer = load_or_train(tiny_config("training.max_steps=5"), tmp_path, device="cpu", progress=False, dataset=digits)
-    straight = Trainer(tiny_config("training.max_steps=5"), tmp_path / "straight", dataset=digits, progress=False)
+    constant = "training.lr_schedule=constant"
+    longer = load_or_train(tiny_config("training.max_steps=5", constant), tmp_path, device="cpu", progress=False,
+                           dataset=digits)
+    straight = Trainer(tiny_config("training.max_steps=5", constant), tmp_path / "straight", dataset=digits,
+                       progress=False)
     straight.train()
     assert longer.step == 5 and torch.equal(params(longer.model), params(straight.ema.model))
     # another objective: retrained from scratch
