@@ -78,7 +78,11 @@ def _diffusion_samples(loaded, args: argparse.Namespace, labels, device) -> tupl
     images = []
     # one bar for the whole job: every network call (one per sampler step and batch) moves it
     bar = tqdm(total=steps * -(-n // batch), desc=f"sampling {n} images", unit="step", disable=args.no_progress)
-    hook = loaded.model.register_forward_hook(lambda *_: bar.update(1))
+
+    def count_network_call(module, inputs, output) -> None:
+        bar.update(1)  # return None: a forward hook's non-None return value would replace the model's output
+
+    hook = loaded.model.register_forward_hook(count_network_call)
     try:
         for start in range(0, n, batch):
             y = labels[start:start + batch].to(device) if labels is not None else None

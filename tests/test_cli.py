@@ -45,6 +45,21 @@ def test_sample_png_one_row_per_class_and_seeded(checkpoint, tmp_path):
     assert np.array_equal(pixels[0], pixels[1]) and not np.array_equal(pixels[0], pixels[2])
 
 
+def test_sample_with_the_progress_bar_gives_the_same_images(checkpoint, tmp_path, monkeypatch, capsys):
+    # the bar moves from a forward hook; tqdm's update returns True whenever it redraws (a slow step), and a hook's
+    # non-None return would replace the network's output: make every update redraw, as on a slow machine
+    from tqdm.auto import tqdm
+
+    real_update = tqdm.update
+    monkeypatch.setattr(tqdm, "update", lambda self, n=1: real_update(self, n) or True)
+    common = ["sample", "--checkpoint", str(checkpoint), "--num-samples", "12", "--sampler", "ddim",
+              "--num-inference-steps", "3", "--guidance-scale", "3", "--batch-size", "5"]
+    assert main(common + ["--out", str(tmp_path / "bar.npz")]) == 0
+    assert "sampling 12 images" in capsys.readouterr().err
+    assert main(common + ["--out", str(tmp_path / "quiet.npz"), "--no-progress"]) == 0
+    assert np.array_equal(np.load(tmp_path / "bar.npz")["images"], np.load(tmp_path / "quiet.npz")["images"])
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--sampler", "ddim", "--labels", "12"], "labels must be in"),
     (["--out", "x.jpg"], "--out must end in .png"),
