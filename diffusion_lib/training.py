@@ -149,7 +149,7 @@ def learning_rate_factor(step: int, warmup_steps: int, max_steps: int, schedule:
 
     Linear warm-up (step + 1) / (warmup_steps + 1) to 1, then "constant" (1) or "cosine": half a cosine
     from 1 down to 0 at ``max_steps`` (Loshchilov & Hutter 2017, eq. 5 without restarts), as diffusers'
-    ``get_cosine_schedule_with_warmup``. Returns a float in (0, 1].
+    ``get_cosine_schedule_with_warmup``. Returns a float in [0, 1] (0 only once ``step`` reaches ``max_steps``).
 
     Raises:
         ValueError: an unknown ``schedule`` (accepted: ``config.LR_SCHEDULES``).
