@@ -5,7 +5,14 @@ resolution, batch, loss (our ``training_loss``) and thread count; steps alternat
 row sees the same machine load. The networks are not identical: diffusers' up blocks have one ResBlock
 more per level (``layers_per_block + 1``, each taking a skip), so theirs does more work per image. To
 compare code rather than size, the FLOPs of one training step (forward + backward) are counted with
-``torch.utils.flop_counter`` and the table gives achieved GFLOP/s next to images/s.
+``torch.utils.flop_counter`` and the table gives achieved GFLOP/s next to images/s. (The counter has no formula
+for the CPU flash-attention kernel diffusers' attention runs on; this script adds one, the same as for the
+GPU kernels, so both networks' attention is counted.)
+
+A second table, on the CPU, profiles a few steps of each plain row: the share of the step spent in convolution
+kernels, their GFLOP/s, and the ceiling, the GFLOP/s a step would reach if every other operation took no time.
+Both networks call the same oneDNN convolutions, so the ceiling shows how much a GFLOP/s ratio can be won
+outside them. A 512x512 matrix product gives the machine's fp32 GEMM rate for scale.
 
 Rows (each network plain and with both speed settings, so what is the code and what is a setting shows):
     ours              the Trainer as this config sets it: ``training.channels_last``, fused AdamW
@@ -24,7 +31,8 @@ import time
 
 import torch
 from diffusers import UNet2DModel
-from torch.utils.flop_counter import FlopCounterMode
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from diffusion_lib import NoiseSchedule, training_loss
 from diffusion_lib.config import load_config
@@ -80,12 +88,53 @@ class Contender:
         self.optimizer.step()
 
 
-def flops_per_image(model: torch.nn.Module, schedule, x0: torch.Tensor) -> float:
-    """FLOPs of one forward + backward pass per image (matmuls, convolutions, attention)."""
-    with FlopCounterMode(display=False) as counter:
+def _cpu_flash_attention(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _cpu_flash_attention_backward(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
+                                  **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+CPU_ATTENTION_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_attention,
+                       torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward:
+                           _cpu_flash_attention_backward}
+CONVOLUTIONS = ("convolution", "convolution_backward")
+
+
+def count_flops(model: torch.nn.Module, schedule, x0: torch.Tensor) -> tuple[float, float]:
+    """FLOPs of one forward + backward pass of the batch: (all of them, those in convolutions)."""
+    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
         training_loss(model, schedule, x0, check_inputs=False).loss.backward()
     model.zero_grad(set_to_none=True)
-    return counter.get_total_flops() / len(x0)
+    per_op = {op.__name__: n for op, n in counter.get_flop_counts()["Global"].items()}
+    return counter.get_total_flops(), sum(per_op.get(name, 0) for name in CONVOLUTIONS)
+
+
+def convolution_share(row: "Contender", schedule, x0: torch.Tensor, steps: int) -> float:
+    """Profile ``steps`` CPU training steps of ``row`` and return the share of their time spent in convolutions.
+
+    Convolution time is the self time of every profiler event named after a convolution (the oneDNN forward
+    and backward kernels and their thin wrappers). The profiler slows many small operations more than a few
+    large ones, so the share comes out a little low and the ceiling built on it a little high."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            row.step(schedule, x0)
+    events = prof.key_averages()
+    conv = sum(e.self_cpu_time_total for e in events if "convolution" in e.key.lower())
+    return conv / sum(e.self_cpu_time_total for e in events)
+
+
+def gemm_gflops(n: int = 512, repeats: int = 20) -> float:
+    """The machine's fp32 matrix-product rate (an n x n by n x n product), for scale."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
 def main() -> None:
@@ -106,7 +155,8 @@ def main() -> None:
 
     torch.manual_seed(0)
     ours, theirs = build_pair(config, args.channels, size)
-    flops = {"ours": flops_per_image(ours, schedule, x0), "diffusers": flops_per_image(theirs, schedule, x0)}
+    counted = {"ours": count_flops(ours, schedule, x0), "diffusers": count_flops(theirs, schedule, x0)}
+    flops = {name: total / batch for name, (total, _) in counted.items()}
     plain_ours, plain_theirs = build_pair(config, args.channels, size)
     plain_ours.load_state_dict(ours.state_dict())
     plain_theirs.load_state_dict(theirs.state_dict())
@@ -145,6 +195,33 @@ def main() -> None:
         params = sum(p.numel() for p in row.model.parameters())
         print(f"{row.name:20s} {params:10,d} {gflop:10.3f} {1000 * row.seconds / args.steps:8.1f} {rate:9.1f} "
               f"{rate * gflop:8.1f} {rate / base_rate:21.2f}x {rate * gflop / base_gflops:20.2f}x")
+    if device.type == "cpu":
+        print_ceiling([r for r in rows if r.name in ("ours", "diffusers")], counted, schedule, x0, base_gflops,
+                      args.steps)
+
+
+def print_ceiling(rows, counted, schedule, x0, base_gflops: float, timed_steps: int, steps: int = 5) -> None:
+    """The second table: each row's convolution share and GFLOP/s ceiling (see the module docstring), and the
+    time per step everything but the convolutions may take for our network to reach 1.5x diffusers' GFLOP/s.
+
+    The profiled share of convolution time is applied to the interleaved (unprofiled) step time, so every
+    figure comes from the same measurement as the first table."""
+    print(f"\nconvolution share from {steps} profiled steps per row, applied to the timed steps above; "
+          f"fp32 GEMM (512x512) on this machine: {gemm_gflops():.0f} GFLOP/s")
+    print(f"{'row':20s} {'conv FLOP share':>15s} {'conv time share':>15s} {'conv GFLOP/s':>12s} "
+          f"{'other ms/step':>13s} {'ceiling GFLOP/s':>15s} {'ceiling vs diffusers':>21s}")
+    for row in rows:
+        total, conv = counted[row.name]
+        share = convolution_share(row, schedule, x0, steps)
+        step_s = row.seconds / timed_steps
+        conv_s, other_s = share * step_s, (1 - share) * step_s
+        ceiling = total / conv_s / 1e9  # if everything but the convolutions took no time
+        print(f"{row.name:20s} {conv / total:15.0%} {share:15.0%} {conv / conv_s / 1e9:12.1f} "
+              f"{1000 * other_s:13.1f} {ceiling:15.1f} {ceiling / base_gflops:20.2f}x")
+        if row.name == "ours":
+            budget_s = total / (1.5 * base_gflops * 1e9) - conv_s
+            print(f"{'':20s} 1.5x diffusers' GFLOP/s leaves {1000 * budget_s:.1f} ms per step for everything "
+                  f"but the convolutions ({1000 * other_s:.1f} ms now)")
 
 
 if __name__ == "__main__":
