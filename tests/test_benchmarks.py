@@ -1,0 +1,50 @@
+"""The training-throughput benchmark: its FLOP counting and that it runs end to end (one step per row)."""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("train_throughput", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def attention_flops(mapping: dict | None) -> int:
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 64, 16, requires_grad=True) for _ in range(3))
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        F.scaled_dot_product_attention(q, k, v).sum().backward()
+    return counter.get_total_flops()
+
+
+def test_cpu_flash_attention_is_counted_like_the_gpu_kernels():
+    shape = (2, 4, 64, 16)
+    expected = sdpa_flop_count(shape, shape, shape) + sdpa_backward_flop_count(shape, shape, shape, shape)
+    # PyTorch's counter alone misses the CPU kernel (so diffusers' attention went uncounted before) ...
+    assert attention_flops(None) == 0
+    # ... and the benchmark's mapping counts it with the GPU kernels' formulas.
+    assert attention_flops(load_script().CPU_ATTENTION_FLOPS) == expected
+
+
+def test_train_throughput_prints_both_tables():
+    result = subprocess.run([sys.executable, str(SCRIPT), "--steps", "1", "--device", "cpu"],
+                            capture_output=True, text=True, timeout=600, check=True)
+    lines = result.stdout.splitlines()
+    first_table = lines[:lines.index("")]  # a blank line separates the two tables
+    rows = {line.split()[0]: line.split() for line in first_table if line.startswith(("ours ", "diffusers "))}
+    assert set(rows) == {"ours", "diffusers"}
+    assert any(line.startswith("ours, NCHW+loop") for line in lines)
+    assert "ceiling GFLOP/s" in result.stdout
+    assert "1.5x diffusers' GFLOP/s leaves" in result.stdout
+    # diffusers' network does more work per image (one more ResBlock per up level, attention counted)
+    assert float(rows["diffusers"][2]) > float(rows["ours"][2]) > 0
