@@ -153,6 +153,12 @@ class TrainingConfig:
             tensor-core convolutions prefer under mixed precision. Off by default: on the 2-core CPU it measured
             no faster (benchmarks/train_throughput.py). The results agree up to float rounding, except that
             dropout masks are drawn in memory order (other draws, same distribution).
+        compile: run the training forward and backward through ``torch.compile`` (inductor). The first step
+            pays the compile time (about 90 s for a tiny UNet on the 2-core CPU); checkpoints, the EMA, the
+            sample grids and the start-up check use the uncompiled network, which shares its parameters, so
+            checkpoints are the same either way. Off by default: on the 2-core CPU the digits model took
+            150 s to compile and then ran no faster (docs/benchmarks.md). For GPUs, measure it with
+            benchmarks/training_settings.py.
         log_every: steps between CSV log rows.
         sample_every: steps between sample grids written to ``samples/`` (0 disables).
         checkpoint_every: steps between checkpoints (the final step is always saved).
@@ -175,6 +181,7 @@ class TrainingConfig:
     ema_decay: float = 0.999
     amp: bool = True
     channels_last: bool = False
+    compile: bool = False
     log_every: int = 50
     sample_every: int = 0
     checkpoint_every: int = 500

@@ -295,6 +295,8 @@ class Trainer:
             self.load(self.checkpoint_path)
             self._saved_step = self.step
         self.train_model = distributed.wrap(self.model, self.dist, self.device)  # the forward that syncs gradients
+        if config.training.compile:  # same parameters; only the training step runs the compiled graph
+            self.train_model = torch.compile(self.train_model)
 
     def _stream_seed(self, step: int) -> int:
         """The seed of this process's noise stream: ``training.seed`` for one process (as always); under DDP

@@ -146,6 +146,7 @@ BAD_SETTINGS = [  # --set KEY=VALUE -> the message
     ("training.learning_rate=fast", r"training.learning_rate must be a number; got 'fast'"),
     ("training.lr_schedule=linear", r"training.lr_schedule must be one of \['constant', 'cosine'\]; got 'linear'"),
     ("training.channels_last=maybe", r"training.channels_last must be"),
+    ("training.compile=maybe", r"training.compile must be true or false; got .maybe."),
     ("training.weight_decay=.inf", r"training.weight_decay must be a finite number; got inf"),
     ("training.ema_decay=1.0", r"training.ema_decay must be in \[0, 1\); got 1.0"),
     ("training.ema_decay=-0.1", r"training.ema_decay must be in \[0, 1\); got -0.1"),

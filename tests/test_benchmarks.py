@@ -1,10 +1,12 @@
-"""The training-throughput benchmark: its FLOP counting and that it runs end to end (one step per row)."""
+"""The benchmark scripts: the throughput benchmark's FLOP counting, and that the throughput and training-settings
+scripts run end to end on tiny settings."""
 
 import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
@@ -48,3 +50,19 @@ def test_train_throughput_prints_both_tables():
     assert "1.5x diffusers' GFLOP/s leaves" in result.stdout
     # diffusers' network does more work per image (one more ResBlock per up level, attention counted)
     assert float(rows["diffusers"][2]) > float(rows["ours"][2]) > 0
+
+
+def test_training_settings_compares_rows_that_train_the_same_model():
+    """On the CPU the Trainer ignores amp and channels_last changes only the layout, so both rows see the same
+    losses: the table compares speed, not different runs."""
+    script = SCRIPT.parent / "training_settings.py"
+    result = subprocess.run([sys.executable, str(script), "--device", "cpu", "--rows", "fp32", "bf16+cl",
+                             "--warmup", "1", "--steps", "2", "--set", "model.base_channels=16",
+                             "--set", "training.batch_size=8", "--set", "data.image_size=32"],
+                            capture_output=True, text=True, timeout=600, check=True)
+    lines = result.stdout.splitlines()
+    assert "lfw_faces (1x32x32), batch 8" in lines[0]
+    rows = {line.split()[0]: line.split() for line in lines[2:]}
+    assert set(rows) == {"fp32", "bf16+cl"}
+    assert rows["fp32"][4] == "1.00x"
+    assert float(rows["bf16+cl"][-1]) == pytest.approx(float(rows["fp32"][-1]), rel=1e-4)

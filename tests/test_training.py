@@ -421,3 +421,22 @@ def test_channels_last_changes_the_layout_not_the_values(tmp_path, digits):
     assert runs["false"].model.conv_in.weight.is_contiguous()
     assert runs["true"].losses == pytest.approx(runs["false"].losses, rel=1e-4)
     torch.testing.assert_close(params(runs["true"].model), params(runs["false"].model), rtol=1e-4, atol=1e-5)
+
+
+def test_compile_runs_the_same_training_and_saves_the_same_checkpoint(tmp_path, digits):
+    """torch.compile (inductor; about 90 s to compile on 2 CPU cores) changes the speed, not the run."""
+    runs = {}
+    for flag in ("true", "false"):
+        trainer = Trainer(tiny_config("training.max_steps=4", f"training.compile={flag}", "training.log_every=1",
+                                      "model.dropout=0.0"),  # inductor draws dropout masks with its own RNG
+                          tmp_path / flag, dataset=digits, progress=False)
+        trainer.train()
+        trainer.losses = [float(r["loss"]) for r in csv.DictReader((tmp_path / flag / "log.csv").open())]
+        runs[flag] = trainer
+    assert isinstance(runs["true"].train_model, torch._dynamo.eval_frame.OptimizedModule)
+    assert runs["true"].train_model._orig_mod is runs["true"].model  # one set of parameters
+    assert runs["true"].losses == pytest.approx(runs["false"].losses, rel=1e-4)
+    saved = {flag: load_checkpoint(tmp_path / flag / "checkpoints" / "last.ckpt") for flag in runs}
+    assert saved["true"]["model"].keys() == saved["false"]["model"].keys()  # no "_orig_mod." prefixes
+    for key, value in saved["false"]["model"].items():
+        torch.testing.assert_close(saved["true"]["model"][key], value, rtol=1e-4, atol=1e-5)
