@@ -154,11 +154,11 @@ class TrainingConfig:
             no faster (benchmarks/train_throughput.py). The results agree up to float rounding, except that
             dropout masks are drawn in memory order (other draws, same distribution).
         compile: run the training forward and backward through ``torch.compile`` (inductor). The first step
-            pays the compile time (about 90 s for a tiny UNet on the 2-core CPU); checkpoints, the EMA, the
-            sample grids and the start-up check use the uncompiled network, which shares its parameters, so
-            checkpoints are the same either way. Off by default: on the 2-core CPU the digits model took
-            150 s to compile and then ran no faster (docs/benchmarks.md). For GPUs, measure it with
-            benchmarks/training_settings.py.
+            pays the compile time (one to two minutes on the 2-core CPU); checkpoints, the EMA, the sample
+            grids and the start-up check use the uncompiled network, which shares its parameters, so
+            checkpoints are the same either way. Off by default: on the 2-core CPU the digits model then ran
+            only 1.04x as fast, which repays the compile after some 4000 steps (docs/benchmarks.md). For GPUs,
+            measure it with benchmarks/training_settings.py.
         log_every: steps between CSV log rows.
         sample_every: steps between sample grids written to ``samples/`` (0 disables).
         checkpoint_every: steps between checkpoints (the final step is always saved).

@@ -424,7 +424,7 @@ def test_channels_last_changes_the_layout_not_the_values(tmp_path, digits):
 
 
 def test_compile_runs_the_same_training_and_saves_the_same_checkpoint(tmp_path, digits):
-    """torch.compile (inductor; about 90 s to compile on 2 CPU cores) changes the speed, not the run."""
+    """torch.compile (inductor; about a minute to compile on 2 CPU cores) changes the speed, not the run."""
     runs = {}
     for flag in ("true", "false"):
         trainer = Trainer(tiny_config("training.max_steps=4", f"training.compile={flag}", "training.log_every=1",
