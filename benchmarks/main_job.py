@@ -42,8 +42,9 @@ from diffusion_lib.sampling import cycle_labels  # noqa: E402
 from diffusion_lib.training import Trainer  # noqa: E402
 
 
-def step_times(configs: dict[str, str], steps: int) -> dict[str, float]:
-    """Seconds per training step of each config's Trainer, taking turns step by step (after 3 untimed steps)."""
+def step_times(configs: dict[str, str], steps: int) -> dict[str, tuple[float, int]]:
+    """Seconds per training step of each config's Trainer, taking turns step by step (after 3 untimed steps),
+    and the number of steps its run takes (``training.max_steps``, or ``max_epochs`` first)."""
     digits = load_dataset("digits", image_size=16)
     trainers = {name: Trainer(load_config(path, ["training.loggers=[csv]"]), Path("/tmp") / f"main_job_{name}",
                               dataset=digits, progress=False) for name, path in configs.items()}
@@ -54,7 +55,7 @@ def step_times(configs: dict[str, str], steps: int) -> dict[str, float]:
             trainer.train_step(*trainer._next_batch())
             if i >= 3:
                 seconds[name] += time.perf_counter() - start
-    return {name: s / steps for name, s in seconds.items()}
+    return {name: (s / steps, trainers[name].max_steps) for name, s in seconds.items()}
 
 
 def main() -> int:
@@ -82,13 +83,12 @@ def main() -> int:
           f"final loss {summary['final_loss']:.4f}, {summary['images_per_sec']:.0f} images/s, "
           f"torch threads {torch.get_num_threads()}")
     if args.baseline_config:
-        per_step = step_times({"this": str(run / "config.yaml"), "baseline": args.baseline_config}, args.timing_steps)
-        steps = {name: load_config(path).training.max_steps
-                 for name, path in {"this": run / "config.yaml", "baseline": args.baseline_config}.items()}
-        projected = {name: steps[name] * per_step[name] for name in per_step}
-        print(f"step time, taking turns: this {1000 * per_step['this']:.0f} ms x {steps['this']} steps = "
-              f"{projected['this']:.0f} s; baseline {args.baseline_config} {1000 * per_step['baseline']:.0f} ms x "
-              f"{steps['baseline']} steps = {projected['baseline']:.0f} s; ratio {projected['this'] / projected['baseline']:.2f}")
+        timed = step_times({"this": str(run / "config.yaml"), "baseline": args.baseline_config}, args.timing_steps)
+        projected = {name: per_step * max_steps for name, (per_step, max_steps) in timed.items()}
+        print("step time, taking turns: " + "; ".join(
+            f"{name} {1000 * per_step:.0f} ms x {max_steps} steps = {projected[name]:.0f} s"
+            for name, (per_step, max_steps) in timed.items())
+            + f" (baseline: {args.baseline_config}); ratio {projected['this'] / projected['baseline']:.2f}")
 
     device = resolve_device(args.device)
     loaded = load_model(run / "checkpoints" / "last.ckpt", device=device)

@@ -407,16 +407,21 @@ def test_cosine_learning_rate_matches_diffusers_after_the_warm_up_and_reaches_ze
     assert all(a >= b for a, b in zip(lrs[1:], lrs[2:]))
 
 
-def test_channels_last_changes_the_layout_not_the_values(tmp_path, digits):
+def train_both_ways(tmp_path, digits, key: str, steps: int) -> dict:
+    """Two tiny runs without dropout, ``key`` true and false: {"true"/"false": finished Trainer with .losses}."""
     runs = {}
     for flag in ("true", "false"):
-        trainer = Trainer(tiny_config("training.max_steps=6", f"training.channels_last={flag}", "training.log_every=1",
-                                      "model.dropout=0.0"),  # dropout masks are drawn in memory order
+        trainer = Trainer(tiny_config(f"training.max_steps={steps}", f"{key}={flag}", "training.log_every=1",
+                                      "model.dropout=0.0"),  # masks: drawn in memory order, or by inductor's RNG
                           tmp_path / flag, dataset=digits, progress=False)
         trainer.train()
+        trainer.losses = [float(r["loss"]) for r in csv.DictReader((tmp_path / flag / "log.csv").open())]
         runs[flag] = trainer
-        losses = [float(r["loss"]) for r in csv.DictReader((tmp_path / flag / "log.csv").open())]
-        runs[flag].losses = losses
+    return runs
+
+
+def test_channels_last_changes_the_layout_not_the_values(tmp_path, digits):
+    runs = train_both_ways(tmp_path, digits, "training.channels_last", steps=6)
     assert runs["true"].model.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     assert runs["false"].model.conv_in.weight.is_contiguous()
     assert runs["true"].losses == pytest.approx(runs["false"].losses, rel=1e-4)
@@ -425,14 +430,7 @@ def test_channels_last_changes_the_layout_not_the_values(tmp_path, digits):
 
 def test_compile_runs_the_same_training_and_saves_the_same_checkpoint(tmp_path, digits):
     """torch.compile (inductor; about a minute to compile on 2 CPU cores) changes the speed, not the run."""
-    runs = {}
-    for flag in ("true", "false"):
-        trainer = Trainer(tiny_config("training.max_steps=4", f"training.compile={flag}", "training.log_every=1",
-                                      "model.dropout=0.0"),  # inductor draws dropout masks with its own RNG
-                          tmp_path / flag, dataset=digits, progress=False)
-        trainer.train()
-        trainer.losses = [float(r["loss"]) for r in csv.DictReader((tmp_path / flag / "log.csv").open())]
-        runs[flag] = trainer
+    runs = train_both_ways(tmp_path, digits, "training.compile", steps=4)
     assert isinstance(runs["true"].train_model, torch._dynamo.eval_frame.OptimizedModule)
     assert runs["true"].train_model._orig_mod is runs["true"].model  # one set of parameters
     assert runs["true"].losses == pytest.approx(runs["false"].losses, rel=1e-4)
