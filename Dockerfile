@@ -1,5 +1,6 @@
-# syntax=docker/dockerfile:1
 # diffusion_lib course image: the pinned course environment + JupyterLab, run as a non-root user.
+# The same image serves a single user through `docker compose up` (JupyterLab behind a token) and
+# a class through JupyterHub (jupyterhub-singleuser, when a spawner starts it; docs/class.md).
 #
 # GPU and driver: requirements.txt pins torch==2.14.1 / torchvision==0.29.1, whose PyPI wheels
 # are CUDA 13.0 builds that bring their own CUDA runtime. The host needs only the NVIDIA driver
@@ -10,14 +11,19 @@
 # (CUDA 12.x builds run on drivers >= 525.60.13; pick a CUDA tag that pytorch.org lists for
 # torch 2.14.1). The versions always come from requirements.txt.
 #
-# Build:  docker compose build       Run: docker compose up       (see README, section docker)
+# Build:  docker compose build       Run: docker compose up       (see docs/docker.md)
+# No `# syntax=` line: the Dockerfile uses only what the builder's built-in frontend knows, so it
+# builds with BuildKit or the classic builder without pulling a frontend image from a registry.
 #
 # Base image: the tag plus the digest of its multi-arch index, so that every build starts from
 # the same bytes (the tag itself is rebuilt upstream for Debian/Python patch releases; this
 # digest is a Python 3.11.16 build). To move to a newer build, on a machine with Docker:
 #   docker buildx imagetools inspect python:3.11-slim-bookworm   # "Digest:" line
-# and replace the sha256 below (keep the tag: it documents what the digest is).
-FROM python:3.11-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b
+# and replace the sha256 below (keep the tag: it documents what the digest is). It is a build
+# argument so that a machine that cannot reach the registry can build on an equivalent base of
+# its own (Debian bookworm, Python 3.11 with pip first on PATH, CA certificates).
+ARG BASE_IMAGE=python:3.11-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b
+FROM ${BASE_IMAGE}
 
 # Container user; match your host user (id -u / id -g) so files in mounted folders are yours.
 ARG USER_UID=1000
@@ -29,6 +35,15 @@ ARG TORCH_INDEX_URL=""
 # coursework/release_manifest.json). "auto" takes the edition from the build context; "instructor" or
 # "student" make the build fail on the wrong context. The edition is written to /etc/diffusion-lib-edition.
 ARG COURSE_EDITION=auto
+# pip's package index settings, for a build machine that uses a mirror or a proxy with its own CA
+# (`docker compose build --build-arg PIP_INDEX_URL=...`). Unset: pip's defaults (PyPI). They apply
+# to the build steps only and are not kept in the image's environment; they do show in
+# `docker history`, so never put credentials in them.
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_FIND_LINKS
+ARG PIP_TRUSTED_HOST
+ARG PIP_CERT
 
 ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -58,8 +73,15 @@ RUN if [[ -n "${TORCH_INDEX_URL}" ]]; then \
 
 # Inception weights for FID / IS / KID (torchmetrics -> torch-fidelity), fetched into the torch
 # cache now so that scoring works offline. A failed download fails the build.
-RUN python -c "from torchmetrics.image.fid import FrechetInceptionDistance; FrechetInceptionDistance(feature=2048)" \
-    && test -s "${TORCH_HOME}/hub/checkpoints/weights-inception-2015-12-05-6726825d.pth" \
+# TEST_ONLY_NO_INCEPTION_WEIGHTS=1 is for tests/test_docker_image.py alone, on a machine that cannot
+# reach the weights' host; such an image cannot score FID / IS / KID.
+ARG TEST_ONLY_NO_INCEPTION_WEIGHTS=0
+RUN if [[ "${TEST_ONLY_NO_INCEPTION_WEIGHTS}" == 1 ]]; then \
+        echo "test build: Inception weights not fetched"; \
+    else \
+        python -c "from torchmetrics.image.fid import FrechetInceptionDistance; FrechetInceptionDistance(feature=2048)" \
+        && test -s "${TORCH_HOME}/hub/checkpoints/weights-inception-2015-12-05-6726825d.pth"; \
+    fi \
     && chown -R "${USER_UID}:${USER_GID}" "${TORCH_HOME}"
 
 # The project itself (see .dockerignore), its Jupyter kernel, and the entry scripts.
@@ -70,7 +92,8 @@ COPY --chown=${USER_UID}:${USER_GID} . /workspace
 RUN pip install --no-cache-dir --no-deps -e . \
     && python -m ipykernel install --sys-prefix --name python3 --display-name "Python (diffusion_lib)" \
     && install -D -m 0644 docker/overrides.json "$(python -c 'import sys; print(sys.prefix)')/share/jupyter/lab/settings/overrides.json" \
-    && chmod 0755 docker/entrypoint.sh docker/start-lab.sh \
+    && chmod 0755 docker/entrypoint.sh docker/start-lab.sh docker/start-singleuser.sh \
+    && ln -s /workspace/docker/start-singleuser.sh /usr/local/bin/start-singleuser.sh \
     && chown -R "${USER_UID}:${USER_GID}" /workspace
 
 # The library is installed editable (above), so the notebooks import /workspace/diffusion_lib, the
@@ -85,11 +108,16 @@ RUN edition=instructor; \
     fi; \
     echo "${edition}" > /etc/diffusion-lib-edition
 
-ENV HOME=/home/student
+# NB_USER / NB_UID / NB_GID: the docker-stacks names a JupyterHub admin looks for (docker/entrypoint.sh).
+ENV HOME=/home/student \
+    NB_USER=student \
+    NB_UID=${USER_UID} \
+    NB_GID=${USER_GID}
 USER ${USER_UID}:${USER_GID}
 EXPOSE 8888
+# The server's own address: JUPYTER_PORT standalone, JUPYTERHUB_SERVICE_URL when a hub spawned it.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8888/api', timeout=4)"]
+    CMD ["python", "/workspace/docker/healthcheck.py"]
 
 ENTRYPOINT ["/workspace/docker/entrypoint.sh"]
 CMD ["/workspace/docker/start-lab.sh"]

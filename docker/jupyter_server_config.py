@@ -1,7 +1,9 @@
-"""JupyterLab server settings for the diffusion_lib image.
+"""JupyterLab server settings for the diffusion_lib image, standalone (one user, one token).
 
 Loaded by docker/start-lab.sh with ``--config``; tests/test_jupyterlab_browser.py starts
 the server through the same script, so the browser test checks exactly these settings.
+Everything except the token is in jupyter_common_config.py, which a server spawned by
+JupyterHub loads too (jupyter_singleuser_config.py); there the hub authenticates.
 
 The token comes from the JUPYTER_TOKEN environment variable (start-lab.sh generates one
 when it is empty). An empty or short token stops the server here as well, so the server
@@ -28,42 +30,9 @@ if len(token) < MIN_TOKEN_LENGTH or any(ch.isspace() for ch in token):
 c.IdentityProvider.token = token
 c.PasswordIdentityProvider.allow_password_change = False
 
-# Serving: no browser inside the container; fail instead of silently moving to another
-# port (the compose port mapping points at one port).
-c.ServerApp.open_browser = False
-c.ServerApp.port_retries = 0
-
-# Landing page: the notebooks folder under the server root (the repository / /workspace).
-c.LabApp.default_url = "/lab/tree/notebooks"
-
-# Offline: no update checks, news feed or extension search (the course runs without internet).
-c.LabApp.check_for_updates_class = "jupyterlab.NeverCheckForUpdate"
-c.LabApp.news_url = None
-c.LabApp.extension_manager = "readonly"
-
-# Kernel: only the project's kernel. The Dockerfile registers it under the name "python3"
-# (display name "Python (diffusion_lib)"), the kernelspec name the notebooks are stored with,
-# so they open on it directly and papermill's `-k python3` runs the same kernel.
-c.KernelSpecManager.allowed_kernelspecs = {"python3"}
-c.MultiKernelManager.default_kernel_name = "python3"
-
-# Deleting in Lab moves to the trash (send2trash, freedesktop layout) instead of deleting for
-# good: files under the home folder's file system go to ~/.local/share/Trash, files on a
-# mounted host folder to a `.Trash-<uid>` folder at the top of that mount, where they can be
-# restored on the host. If no trash can be made there, the deletion fails instead of
-# deleting permanently (jupyter_server answers 400 "send2trash failed").
-c.FileContentsManager.delete_to_trash = True
-
-# TensorBoard inside JupyterLab (jupyter-server-proxy): the Launcher's "TensorBoard" tile, or
-# <lab url>/tensorboard/, starts `tensorboard --logdir runs` behind the server's token. The
-# `%tensorboard` magic in a notebook shows its frame through the same proxy (/proxy/<port>/).
-c.ServerProxy.servers = {
-    "tensorboard": {
-        "command": ["tensorboard", "--logdir", os.environ.get("TENSORBOARD_LOGDIR", "runs"), "--port", "{port}",
-                    "--host", "127.0.0.1", "--path_prefix", "{base_url}tensorboard"],
-        "absolute_url": True,
-        "timeout": 60,
-        "launcher_entry": {"title": "TensorBoard"},
-    }
-}
-os.environ.setdefault("TENSORBOARD_PROXY_URL", "/proxy/%PORT%/")  # read by tensorboard.notebook in the kernels
+# Serving, landing page, offline, kernel, trash, TensorBoard: shared with the JupyterHub server.
+# Named with its folder: traitlets' load_subconfig ignores a file it cannot find, and this one must load.
+_common = os.path.join(os.path.dirname(os.path.abspath(__file__)), "jupyter_common_config.py")
+if not os.path.isfile(_common):
+    raise SystemExit(f"refusing to start JupyterLab: {_common} is missing")
+load_subconfig(_common)  # noqa: F821 (injected by traitlets when it loads this file)

