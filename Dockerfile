@@ -44,6 +44,10 @@ ARG PIP_EXTRA_INDEX_URL
 ARG PIP_FIND_LINKS
 ARG PIP_TRUSTED_HOST
 ARG PIP_CERT
+# 1: skip the Inception weights step below. For tests/test_docker_image.py alone, on a machine that
+# cannot reach the weights' host; such an image cannot score FID / IS / KID. (Declared up here, before
+# SHELL: hadolint forgets the bash SHELL after a later ARG.)
+ARG TEST_ONLY_NO_INCEPTION_WEIGHTS=0
 
 ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -73,9 +77,7 @@ RUN if [[ -n "${TORCH_INDEX_URL}" ]]; then \
 
 # Inception weights for FID / IS / KID (torchmetrics -> torch-fidelity), fetched into the torch
 # cache now so that scoring works offline. A failed download fails the build.
-# TEST_ONLY_NO_INCEPTION_WEIGHTS=1 is for tests/test_docker_image.py alone, on a machine that cannot
-# reach the weights' host; such an image cannot score FID / IS / KID.
-ARG TEST_ONLY_NO_INCEPTION_WEIGHTS=0
+# (TEST_ONLY_NO_INCEPTION_WEIGHTS, declared above, skips it for the image test alone.)
 RUN if [[ "${TEST_ONLY_NO_INCEPTION_WEIGHTS}" == 1 ]]; then \
         echo "test build: Inception weights not fetched"; \
     else \

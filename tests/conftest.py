@@ -88,3 +88,20 @@ def smoke_run(tmp_path_factory):
         return results[path.name], root / Path(path).stem
 
     return run
+
+
+@pytest.fixture(scope="session")
+def docker_engine(tmp_path_factory):
+    """A running Docker engine (tests/docker_engine.py): started for the session if none runs."""
+    from docker_engine import started_engine
+
+    with started_engine(tmp_path_factory.mktemp("docker")) as engine:
+        yield engine
+
+
+@pytest.fixture(scope="session")
+def course_images(docker_engine, tmp_path_factory):
+    """The instructor and student images, built once per session with `docker compose build`."""
+    from docker_engine import build_course_images
+
+    return build_course_images(docker_engine, tmp_path_factory.mktemp("images"))

