@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import tempfile
 import textwrap
 from pathlib import Path
 
+import re
 import pytest
 
 nbformat = pytest.importorskip("nbformat")
@@ -96,6 +98,7 @@ tasks:
     manual_points: 0.5
     tests: ["coursework/tests/test_part1.py"]
     notebook: "homework/part1.ipynb"
+    answer_cells: ["analysis"]
   - id: "2b"
     title: "Homework 2b: annotate every region line"
     points: 0.5
@@ -232,12 +235,73 @@ def test_check_reports_not_started_then_done(course, tmp_path):
     from diffusion_lib.course.check import check
 
     table = check(course["release"], verbose=False, timeout_s=30).set_index("task")
-    assert table.loc["1", "status"] == "not started" and table.loc["3.2a", "status"] == "not started"
+    assert table.loc["1", "status"] == "not started + not answered" and table.loc["3.2a", "status"] == "not started"
+    assert table.loc["1", "answers"] == "not answered"
     assert table.loc["2b", "annotations"] == "0/2"
     work = _copy_release(course["release"], tmp_path / "work")
     shutil.copyfile(course["repo"] / "diffusion_lib/toy.py", work / "diffusion_lib/toy.py")
     table = check(work, verbose=False, timeout_s=30).set_index("task")
     assert table.loc["3.2a", "status"] == "done" and table.loc["2b", "annotations"] == "2/2"
+    assert table.loc["1", "answers"] == "not answered"  # the written part is still the placeholder
+    nb = nbformat.read(work / "homework/part1.ipynb", as_version=4)
+    answer = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "analysis")
+    assert answer.source.strip() == "YOUR ANSWER HERE"  # what nbgrader's release leaves
+    answer.source = "It keeps structure because alpha_bar falls slowly at first."
+    nbformat.write(nb, work / "homework/part1.ipynb")
+    table = check(work, verbose=False, timeout_s=30).set_index("task")
+    assert table.loc["1", "answers"] == "answered"
+
+
+def test_check_lists_every_failure_in_full(course, tmp_path, capsys):
+    """Every failing test of a task, each message whole (up to the bound), with expected and actual."""
+    from diffusion_lib.course.check import MESSAGE_LIMIT, check
+
+    work = _copy_release(course["release"], tmp_path / "work")
+    shutil.copyfile(course["repo"] / "diffusion_lib/toy.py", work / "diffusion_lib/toy.py")
+    long_detail = "x" * 600
+    (work / "coursework/tests/test_part3.py").write_text(
+        "from diffusion_lib.toy import add\n\n"
+        "def test_first():\n    assert add(1, 1) == 3, f'add(1, 1): expected 3, got {add(1, 1)}'\n\n"
+        f"def test_second():\n    assert add(2, 2) == 5, 'add(2, 2): expected 5, got 4; {long_detail}'\n"
+        "\ndef test_huge():\n    raise AssertionError('y' * 9000)\n")
+    table = check(work, timeout_s=30).set_index("task")
+    failures = table.loc["3.2a", "failures"]
+    assert len(failures) == 3 and table.loc["3.2a", "tests_failed"] == 3
+    assert "expected 3, got 2" in failures[0] and long_detail in failures[1]
+    assert len(failures[2]) <= MESSAGE_LIMIT and failures[2].count("y") > 3000
+    printed = capsys.readouterr().out
+    assert "3.2a: 3 failing check(s)" in printed and long_detail in printed and "expected 3, got 2" in printed
+
+
+def test_check_without_pytest_says_why_and_what_to_do(course, tmp_path):
+    """A Python without pytest: pytest's own words and the fix, instead of a bare "no test ran"."""
+    from diffusion_lib.course import check as check_module
+
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    run = check_module.run_pytest(course["release"], ["coursework/tests/test_part3.py"], timeout_s=30,
+                                  python=str(bare / "bin" / "python"))
+    assert run.status == "error (no test ran)"
+    hint = check_module._no_test_hint(run)
+    assert "No module named pytest" in hint and "pip install -r requirements.txt" in hint
+
+
+def test_handin_refuses_an_untouched_release(course, tmp_path):
+    """An untouched release is no hand-in: exit status 2 and a message, no archive; --allow-empty packs it."""
+    work = _copy_release(course["release"], tmp_path / "work")
+    archive = tmp_path / "s9.tar.gz"
+    command = [sys.executable, "-m", "diffusion_lib", "course", "handin", "--root", str(work), "--output", str(archive)]
+    refused = subprocess.run(command, capture_output=True, text=True, cwd=work, timeout=120)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "nothing to hand in" in refused.stderr and "diffusion_lib/" in refused.stderr
+    assert not archive.exists()
+    allowed = subprocess.run(command + ["--allow-empty"], capture_output=True, text=True, cwd=work, timeout=120)
+    assert allowed.returncode == 0 and archive.is_file(), allowed.stderr
+    (work / "coursework/answers").mkdir(parents=True, exist_ok=True)
+    (work / "coursework/answers/part2a.md").write_text("my answer\n")
+    packed = subprocess.run(command, capture_output=True, text=True, cwd=work, timeout=120)
+    assert packed.returncode == 0, packed.stderr
+    assert re.search(r"coursework/answers/part2a\.md\s+0\.0 kB\s+new", packed.stdout), packed.stdout
 
 
 def test_handin_refuses_checkpoint_and_oversized_file(course, tmp_path, capsys):
@@ -266,7 +330,7 @@ def _submission(course, tmp_path: Path, name: str, edit) -> Path:
 
     work = _copy_release(course["release"], tmp_path / f"work-{name}")
     edit(work)
-    return handin(work, tmp_path / "subs" / f"{name}.tar.gz", verbose=False).archive
+    return handin(work, tmp_path / "subs" / f"{name}.tar.gz", allow_empty=True, verbose=False).archive
 
 
 def _replace(path: Path, old: str, new: str) -> None:

@@ -20,6 +20,8 @@ from pathlib import Path
 from . import annotations as ann
 from .tasks import Course, Task, load_course
 
+MESSAGE_LIMIT = 4000  # characters of one failure message kept (test report, self-check table)
+
 
 @dataclass
 class TestRun:
@@ -114,7 +116,7 @@ def _run_pytest(root, targets, timeout_s, run_env, report_path, python, preexec_
         if outcome == "passed":
             result.passed.append(nodeid)
         elif outcome == "failed":
-            result.failed.append((nodeid, str(record.get("message", ""))[:2000]))
+            result.failed.append((nodeid, str(record.get("message", ""))[:MESSAGE_LIMIT]))
     if result.timed_out:
         result.failed.append(("(time limit)", f"the tests did not finish within {timeout_s:g} s"))
     elif result.returncode not in (0, 1) and not result.failed:
@@ -145,28 +147,81 @@ def annotation_progress(root: Path, task: Task) -> tuple[int, int]:
     return filled, total
 
 
-def run_notebook(path: Path, *, timeout_s: float, parameters: dict | None = None, cwd: Path | None = None) -> str:
-    """Execute a notebook with papermill into a temporary copy; returns "ok" or the first error line."""
+PLACEHOLDER_ANSWERS = {"", "YOUR ANSWER HERE"}  # what an answer cell of the release holds until answered
+
+
+def run_notebook(path: Path, *, timeout_s: float, parameters: dict | None = None, cwd: Path | None = None,
+                 library_root: Path | None = None) -> str:
+    """Execute a notebook with papermill into a temporary copy; returns "ok" or the first error line.
+
+    Args:
+        library_root: a folder whose ``diffusion_lib`` the kernel imports (put first on its PYTHONPATH),
+            so that a check of a folder runs that folder's library, not the one installed in the venv.
+    """
     import papermill
 
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            papermill.execute_notebook(str(path), str(Path(tmp) / path.name), parameters=parameters or {},
-                                       cwd=str(cwd or path.parent), progress_bar=False, execution_timeout=timeout_s,
-                                       kernel_name="python3")
-        except Exception as error:  # noqa: BLE001 - report any failure as the notebook's status
-            lines = [l for l in str(error).strip().splitlines() if l.strip()]
-            return "error: " + (lines[-1] if lines else type(error).__name__)[:300]
+    saved = os.environ.get("PYTHONPATH")
+    if library_root is not None:  # the kernel inherits this process's environment
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(library_root)] + ([saved] if saved else []))
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                papermill.execute_notebook(str(path), str(Path(tmp) / path.name), parameters=parameters or {},
+                                           cwd=str(cwd or path.parent), progress_bar=False,
+                                           execution_timeout=timeout_s, kernel_name="python3")
+            except Exception as error:  # noqa: BLE001 - report any failure as the notebook's status
+                lines = [l for l in str(error).strip().splitlines() if l.strip()]
+                return "error: " + (lines[-1] if lines else type(error).__name__)[:MESSAGE_LIMIT]
+    finally:
+        if library_root is not None:
+            if saved is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = saved
     return "ok"
+
+
+def answered_cells(root: Path, task: Task) -> tuple[int, int]:
+    """(answered, total) of the task's hand-graded answer cells (``answer_cells`` in tasks.yaml).
+
+    A cell counts as answered when it holds more than the release's placeholder ("YOUR ANSWER HERE").
+    A missing notebook or cell counts as not answered.
+    """
+    try:
+        cells = json.loads((Path(root) / task.notebook).read_text(encoding="utf-8")).get("cells", [])
+    except (OSError, ValueError, TypeError):
+        cells = []
+    sources = {}
+    for cell in cells:
+        grade_id = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+        source = cell.get("source", "")
+        sources[grade_id] = "".join(source) if isinstance(source, list) else str(source)
+    answered = sum(1 for cell_id in task.answer_cells
+                   if sources.get(cell_id, "").strip() not in PLACEHOLDER_ANSWERS)
+    return answered, len(task.answer_cells)
+
+
+def _no_test_hint(run: TestRun) -> str:
+    """Why no test ran, in pytest's own last lines, and what to do."""
+    tail = "\n    ".join(run.output.strip().splitlines()[-8:]) or "(no output)"
+    hint = ("pytest is not installed in this Python: install the course environment "
+            "(.venv/bin/pip install -r requirements.txt) and run the check with .venv/bin/python"
+            if "No module named pytest" in run.output else
+            "the test files could not be collected; the lines above say why")
+    return f"no test ran (pytest exit status {run.returncode}); pytest said:\n    {tail}\n  What to do: {hint}"
 
 
 def check(root: str | Path = ".", run_notebooks: bool = False, *, timeout_s: float = 600,
           verbose: bool = True):
     """The self-check table: one row per task (public tests, annotation slots, notebook, status).
 
+    Hand-graded parts (``answer_cells``) read "answered" / "not answered": the check cannot grade them.
+    Every failing test of every task is listed, each message up to MESSAGE_LIMIT characters; a task
+    whose tests did not run at all shows pytest's own last lines and what to do.
+
     Returns:
         pandas.DataFrame with columns task, title, points, tests_passed, tests_failed, annotations,
-        notebook, status, first_failure.
+        notebook, answers, status, failures (list of "nodeid: message"), first_failure.
     """
     import pandas as pd
 
@@ -176,12 +231,14 @@ def check(root: str | Path = ".", run_notebooks: bool = False, *, timeout_s: flo
     notebook_status: dict[str, str] = {}
     for task in course.tasks:
         row = {"task": task.id, "title": task.title, "points": task.points, "tests_passed": 0, "tests_failed": 0,
-               "annotations": "", "notebook": "", "status": "manual", "first_failure": ""}
+               "annotations": "", "notebook": "", "answers": "", "status": "", "failures": []}
         statuses = []
         if task.tests:
             run = run_pytest(root, list(task.tests), timeout_s=timeout_s)
             row["tests_passed"], row["tests_failed"] = len(run.passed), len(run.failed)
-            row["first_failure"] = (f"{run.failed[0][0]}: {run.failed[0][1]}" if run.failed else "")[:200]
+            row["failures"] = [f"{nodeid}: {message}"[:MESSAGE_LIMIT] for nodeid, message in run.failed]
+            if run.status == "error (no test ran)":
+                row["failures"].append(_no_test_hint(run))
             statuses.append(run.status)
         if task.annotation:
             filled, total = annotation_progress(root, task)
@@ -191,7 +248,8 @@ def check(root: str | Path = ".", run_notebooks: bool = False, *, timeout_s: flo
             if task.notebook not in notebook_status:
                 nb_path = root / task.notebook
                 notebook_status[task.notebook] = (run_notebook(nb_path, timeout_s=timeout_s,
-                                                               parameters=_smoke_parameters(nb_path))
+                                                               parameters=_smoke_parameters(nb_path),
+                                                               library_root=root)
                                                   if nb_path.is_file() else "missing")
             row["notebook"] = notebook_status[task.notebook]
             statuses.append("done" if row["notebook"] == "ok" else "failing")
@@ -200,18 +258,30 @@ def check(root: str | Path = ".", run_notebooks: bool = False, *, timeout_s: flo
                              else "not started" if all(s == "not started" for s in statuses)
                              else next(s for s in statuses if s != "done" and s != "not started")
                              if any(s not in ("done", "not started") for s in statuses) else "in progress")
-        if task.manual_points and row["status"] == "done":
-            row["status"] = "done (+ written answers graded by hand)"
+        if task.answer_cells:
+            answered, total = answered_cells(root, task)
+            row["answers"] = "answered" if answered == total else (
+                "not answered" if answered == 0 else f"{answered}/{total} answered")
+            # The written part is graded by hand: the check can only say whether it is there.
+            row["status"] = f"{row['status']} + {row['answers']}" if row["status"] else row["answers"]
+        row["first_failure"] = row["failures"][0] if row["failures"] else ""
         rows.append(row)
     table = pd.DataFrame(rows)
     if verbose:
-        print(table.drop(columns=["first_failure"]).to_string(index=False))
-        done = sum(1 for r in rows if r["status"].startswith("done"))
-        print(f"\n{done}/{len(rows)} tasks done.")
+        print(table.drop(columns=["failures", "first_failure"]).to_string(index=False))
+        done = sum(1 for r in rows if _is_done(r["status"]))
+        print(f"\n{done}/{len(rows)} tasks done (a written answer counts once it is there; it is graded by hand).")
         for r in rows:
-            if r["first_failure"] and not r["status"].startswith("done"):
-                print(f"  {r['task']}: {r['first_failure']}")
+            if r["failures"] and not _is_done(r["status"]):
+                print(f"\n{r['task']}: {len(r['failures'])} failing check(s)")
+                for failure in r["failures"]:
+                    print("  - " + failure.replace("\n", "\n    "))
     return table
+
+
+def _is_done(status: str) -> bool:
+    """Done: every part of the status is done or answered (e.g. "done + answered", "answered")."""
+    return all(part in ("done", "answered") for part in status.split(" + "))
 
 
 def _smoke_parameters(path: Path) -> dict:

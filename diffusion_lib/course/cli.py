@@ -6,6 +6,7 @@ The handlers import their modules lazily, so ``--help`` imports neither torch no
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def _release(args) -> int:
@@ -15,15 +16,19 @@ def _release(args) -> int:
 
 
 def _check(args) -> int:
-    from .check import check
+    from .check import _is_done, check
     table = check(args.root, run_notebooks=args.notebooks, timeout_s=args.timeout)
-    return 0 if all(str(s).startswith(("done", "manual")) for s in table["status"]) else 1
+    return 0 if all(_is_done(str(s)) for s in table["status"]) else 1
 
 
 def _handin(args) -> int:
-    from .handin import handin
-    handin(args.root, args.output, include=tuple(args.include or ()), max_file_mb=args.max_file_mb,
-           max_total_mb=args.max_total_mb)
+    from .handin import NothingToHandIn, handin
+    try:
+        handin(args.root, args.output, include=tuple(args.include or ()), max_file_mb=args.max_file_mb,
+               max_total_mb=args.max_total_mb, allow_empty=args.allow_empty)
+    except NothingToHandIn as error:
+        print(f"handin: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -65,6 +70,8 @@ def add_course_command(subparsers) -> None:
                       help="also hand in outputs matching GLOB (repeatable), e.g. 'runs/*/samples.png'")
     hand.add_argument("--max-file-mb", type=float, default=5.0, help="largest file (default 5 MB)")
     hand.add_argument("--max-total-mb", type=float, default=50.0, help="largest archive, uncompressed (default 50 MB)")
+    hand.add_argument("--allow-empty", action="store_true",
+                      help="hand in even when nothing differs from the release (refused otherwise, exit status 2)")
     hand.set_defaults(func=_handin)
 
     grd = commands.add_parser("grade", help="grade a folder of archives in isolation -> nbgrader gradebook, "

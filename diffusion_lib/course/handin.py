@@ -27,6 +27,10 @@ DATA_FILE_LIMIT = 1 * 1024 * 1024
 MB = 1024 * 1024
 
 
+class NothingToHandIn(ValueError):
+    """Nothing differs from the release: an untouched release would be graded as an empty hand-in."""
+
+
 @dataclass
 class HandinResult:
     archive: Path
@@ -63,7 +67,8 @@ def candidate_files(root: Path, output_globs: tuple[str, ...] = ()) -> list[str]
 
 
 def handin(root: str | Path = ".", output: str | Path | None = None, *, include: tuple[str, ...] = (),
-           max_file_mb: float = 5.0, max_total_mb: float = 50.0, verbose: bool = True) -> HandinResult:
+           max_file_mb: float = 5.0, max_total_mb: float = 50.0, allow_empty: bool = False,
+           verbose: bool = True) -> HandinResult:
     """Pack the changed and new files of the release at ``root`` into ``output`` (.tar.gz or .zip).
 
     Args:
@@ -71,6 +76,11 @@ def handin(root: str | Path = ".", output: str | Path | None = None, *, include:
             (default ``<root>/submission.tar.gz``).
         include: extra globs of outputs to hand in (added to ``handin_outputs`` of tasks.yaml), e.g. "runs/*/samples.png".
         max_file_mb, max_total_mb: limits per file and for the whole archive (uncompressed).
+        allow_empty: write the archive even when no file differs from the release.
+
+    Raises:
+        NothingToHandIn: no file differs from the release (and not ``allow_empty``); no archive is written.
+        ValueError: the archive name does not end in .tar.gz, .tgz or .zip.
     """
     root = Path(root).resolve()
     try:
@@ -104,6 +114,14 @@ def handin(root: str | Path = ".", output: str | Path | None = None, *, include:
             continue
         total += size
         result.files[rel] = digest
+    if not result.files and not allow_empty:
+        unchanged = sorted({rel.split("/")[0] + "/" for rel in released if rel.startswith(ALLOWED_FOLDERS)})
+        raise NothingToHandIn(
+            f"nothing to hand in: every file of {', '.join(unchanged) or ', '.join(ALLOWED_FOLDERS)} under {root} "
+            "is as released (no library function written, no answer cell filled, no output in "
+            f"{', '.join(globs) or 'the hand-in outputs'}); no archive written. Hand in the folder you worked in, "
+            "or pass --allow-empty to hand in nothing on purpose"
+            + (f"; left out: {', '.join(result.left_out)}" if result.left_out else ""))
     manifest = json.dumps({"format": "course-handin", "version": 1, "files": result.files,
                            "left_out": result.left_out}, indent=1, sort_keys=True).encode("utf-8")
     archive.parent.mkdir(parents=True, exist_ok=True)
@@ -125,9 +143,12 @@ def handin(root: str | Path = ".", output: str | Path | None = None, *, include:
             info.size, info.mode = len(manifest), 0o644
             tf.addfile(info, io.BytesIO(manifest))
     if verbose:
-        print(f"packed {len(result.files)} files ({total / MB:.2f} MB) into {archive}")
+        print(f"packed {len(result.files)} files ({total / MB:.2f} MB) into {archive}:")
+        width = max((len(rel) for rel in result.files), default=4)
+        print(f"  {'file':<{width}}  {'size':>9}  what")
         for rel in result.files:
-            print(f"  + {rel}")
+            what = "changed" if rel in released else "new"
+            print(f"  {rel:<{width}}  {(root / rel).stat().st_size / 1024:>7.1f} kB  {what}")
         if result.left_out:
             print(f"left out {len(result.left_out)} files:")
             for rel, reason in result.left_out.items():

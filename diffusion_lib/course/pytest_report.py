@@ -13,11 +13,11 @@ def _message(report) -> str:
     longrepr = report.longrepr
     crash = getattr(longrepr, "reprcrash", None)
     if crash is not None and getattr(crash, "message", None):
-        return str(crash.message)[:2000]
+        return str(crash.message)[:4000]
     if isinstance(longrepr, tuple) and len(longrepr) == 3:  # skip reports: (file, line, reason)
-        return str(longrepr[2])[:2000]
+        return str(longrepr[2])[:4000]
     text = str(longrepr or "").strip().splitlines()
-    return "\n".join(text[-5:])[:2000]
+    return "\n".join(text[-5:])[:4000]
 
 
 def _write(record: dict) -> None:

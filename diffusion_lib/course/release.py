@@ -130,9 +130,9 @@ def release_python_text(text: str, rel: str, course: Course, *, keep_hidden: boo
 
 
 def _student_readme(root: Path, course: Course) -> str:
-    rows = "\n".join(f"| {t.id} | {t.title} | {t.points:g} | {'yes' if t.autograded else 'no'} |"
-                     for t in course.tasks)
-    table = "| task | title | points | autograded |\n|---|---|---|---|\n" + rows
+    rows = "\n".join(f"| {t.id} | {t.title} | {t.points:g} | {t.auto_points if t.autograded else 0:g} | "
+                     f"{t.manual_points if t.autograded else t.points:g} |" for t in course.tasks)
+    table = "| task | title | points | autograded | by hand |\n|---|---|---|---|---|\n" + rows
     template = root / STUDENT_README_TEMPLATE
     if template.is_file():
         return template.read_text(encoding="utf-8").replace("{{title}}", course.title).replace("{{tasks}}", table)

@@ -28,6 +28,7 @@ class Task:
     annotation: bool = False
     files: tuple[str, ...] = ()
     manual_points: float = 0.0
+    answer_cells: tuple[str, ...] = ()  # grade_ids of the notebook's answer cells graded by hand
 
     @property
     def auto_points(self) -> float:
@@ -95,7 +96,8 @@ def load_course(root: str | Path = ".") -> Course:
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if not isinstance(data, dict) or not isinstance(data.get("tasks"), list) or not data["tasks"]:
         raise ValueError(f"{path}: needs a non-empty list 'tasks'")
-    known = {"id", "title", "points", "tests", "notebook", "annotation", "files", "manual_points", "description"}
+    known = {"id", "title", "points", "tests", "notebook", "annotation", "files", "manual_points", "description",
+             "answer_cells"}
     tasks, seen = [], set()
     for n, item in enumerate(data["tasks"]):
         where = f"{path}: task {n + 1}"
@@ -120,7 +122,13 @@ def load_course(root: str | Path = ".") -> Course:
         tasks.append(Task(id=task_id, title=str(item.get("title") or f"Homework {task_id}"), points=points,
                           tests=_strings(item.get("tests"), f"{where} tests"), notebook=item.get("notebook"),
                           annotation=bool(item.get("annotation", False)),
-                          files=_strings(item.get("files"), f"{where} files"), manual_points=manual))
+                          files=_strings(item.get("files"), f"{where} files"), manual_points=manual,
+                          answer_cells=_strings(item.get("answer_cells"), f"{where} answer_cells")))
+        if manual and not tasks[-1].answer_cells:
+            raise ValueError(f"{where} ({task_id}): manual_points {manual:g} need answer_cells (the grade_ids of "
+                             "the notebook cells graded by hand)")
+        if tasks[-1].answer_cells and not tasks[-1].notebook:
+            raise ValueError(f"{where} ({task_id}): answer_cells need the task's notebook")
     return Course(title=str(data.get("title", "Coursework")), tasks=tuple(tasks),
                   instructor_only=_strings(data.get("instructor_only"), f"{path}: instructor_only"),
                   handin_outputs=_strings(data.get("handin_outputs"), f"{path}: handin_outputs"), raw=data)
