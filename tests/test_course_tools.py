@@ -108,7 +108,7 @@ tasks:
     title: "Homework 3.2a: adder"
     points: 1.0
     tests: ["coursework/tests/test_part3.py"]
-instructor_only: ["instructor/"]
+instructor_only: ["instructor/", "docs/grading.md"]
 '''
 
 
@@ -142,6 +142,7 @@ def build_course(root: Path) -> Path:
              "coursework/tasks.yaml": _text(TASKS), "coursework/tests/test_part1.py": _text(TEST_PART1),
              "coursework/tests/test_part3.py": _text(TEST_PART3), "Dockerfile": "FROM python:3.11\n",
              "README.md": "# instructor readme\n", "instructor/notes.md": "secret notes\n",
+             "docs/grading.md": "<!-- instructor-only: never released -->\n# Hidden-test thresholds\n",
              ".gitignore": "runs/\n"}
     for rel, text in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -212,6 +213,7 @@ def test_release_is_clean_and_runs(course):
 
     out, repo = course["release"], course["repo"]
     assert not (out / "instructor").exists() and not (out / "runs").exists()
+    assert not (out / "docs/grading.md").exists()  # an instructor's page, listed in instructor_only
     assert not (out / "coursework/reference_annotations.json").exists()
     assert (repo / "coursework/reference_annotations.json").is_file()
     assert find_leaks(out, json.loads((repo / "coursework/reference_annotations.json").read_text())) == []
@@ -229,6 +231,23 @@ def test_release_is_clean_and_runs(course):
     with pytest.raises(ValueError, match="not empty"):
         from diffusion_lib.course.release import release
         release(repo, out, verbose=False)
+
+
+def test_the_leak_check_refuses_an_instructor_page(course, tmp_path):
+    """An instructor's page that reached a release (not listed in instructor_only): a leak, named."""
+    from diffusion_lib.course.release import find_leaks, release
+
+    out = _copy_release(course["release"], tmp_path / "release")
+    (out / "docs").mkdir(exist_ok=True)
+    shutil.copyfile(course["repo"] / "docs/grading.md", out / "docs/notes.md")
+    assert find_leaks(out) == ["docs/notes.md: an instructor's page (<!-- instructor-only ...)"]
+    # The same page unlisted in the instructor's repository makes the release itself fail.
+    repo = tmp_path / "repo"
+    shutil.copytree(course["repo"], repo)
+    tasks = repo / "coursework/tasks.yaml"
+    tasks.write_text(tasks.read_text().replace(', "docs/grading.md"]', "]"))
+    with pytest.raises(ValueError, match="instructor's page"):
+        release(repo, tmp_path / "bad-release", verbose=False)
 
 
 def test_check_reports_not_started_then_done(course, tmp_path):

@@ -149,10 +149,14 @@ def _student_readme(root: Path, course: Course) -> str:
 
 # ----------------------------------------------------------------------------------------- leak check
 
+# The first line of an instructor's page (docs/coursework.md: thresholds, hidden-test design, grading).
+# Such pages are listed in tasks.yaml's instructor_only; the marker catches one that is not.
+INSTRUCTOR_PAGE_MARKER = "<!-- instructor-only"
+
 def find_leaks(release_dir: str | Path, reference: dict[str, list[dict]] | None = None, *,
                allow_hidden: bool = False) -> list[str]:
-    """Every place in ``release_dir`` where a solution region, a hidden test, a reference annotation or
-    the reference file survives; empty when the release is clean."""
+    """Every place in ``release_dir`` where a solution region, a hidden test, a reference annotation, the
+    reference file or an instructor's page (first line INSTRUCTOR_PAGE_MARKER) survives; empty when clean."""
     import nbformat
 
     root = Path(release_dir)
@@ -177,6 +181,9 @@ def find_leaks(release_dir: str | Path, reference: dict[str, list[dict]] | None 
         try:
             text = path.read_text(encoding="utf-8")
         except (UnicodeDecodeError, OSError):
+            continue
+        if text.lstrip().startswith(INSTRUCTOR_PAGE_MARKER):
+            leaks.append(f"{rel}: an instructor's page ({INSTRUCTOR_PAGE_MARKER} ...)")
             continue
         sources = [(rel, text)]
         if path.suffix == ".ipynb":
