@@ -48,3 +48,25 @@ def test_show_region_renders_the_region_as_highlighted_python():
     code = show_region(ddpm_sample)
     assert code.data == region_source(ddpm_sample)
     assert "<div" in code._repr_html_()  # the notebook shows it highlighted, not as text
+
+
+@pytest.mark.parametrize("notebook", ["homework/part2_reverse_process.ipynb",
+                                      "notebooks/04_reverse_process_walkthrough.ipynb"])
+def test_every_region_task_2b_grades_is_shown(notebook):
+    """Graded is taught: the part 2 homework and notebook 04 show every # Start/# End region that 2b grades."""
+    import json
+    import re
+    from pathlib import Path
+
+    from diffusion_lib.course import annotations as ann
+    from diffusion_lib.course.tasks import load_course
+
+    root = Path(__file__).resolve().parents[1]
+    task = load_course(root).task("2b")
+    graded = {region.key.split("::")[1].split("#")[0]
+              for rel in task.files for region in ann.find_regions((root / rel).read_text(), rel)}
+    cells = json.loads((root / notebook).read_text())["cells"]
+    code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    shown = {name.split(".")[-1] for name in re.findall(r"show_region\(([\w.]+)\)", code)}
+    assert {"training_loss", "ddpm_sample", "ddim_sample", "dpm_solver_sample"} <= graded
+    assert graded <= shown, f"{notebook} does not show {sorted(graded - shown)}"
