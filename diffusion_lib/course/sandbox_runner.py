@@ -195,34 +195,41 @@ class _WallTime(Exception):
 
 
 def run_notebook_job(job: dict, work: str, env: dict) -> dict:
-    """Execute the merged notebook with papermill (in this process, so the result is the executed
-    notebook papermill holds, never a file the kernel could rewrite); per graded cell: ran, error."""
+    """Execute the merged notebook with nbclient after papermill's parameter injection, in this process,
+    so the result is the executed notebook held in memory here, never a file the kernel could rewrite;
+    per graded cell: ran, error."""
+    import nbclient
+    import nbformat
     import papermill
 
     os.environ.clear()
     os.environ.update(env)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     source = os.path.join(work, job["notebook"])
-    target = os.path.join(env["TMPDIR"], "executed-" + secrets.token_hex(8) + ".ipynb")
+    prepared = os.path.join(env["TMPDIR"], "prepared-" + secrets.token_hex(8) + ".ipynb")
     timeout = float(job.get("timeout_s", 600))
+    cwd = os.path.join(work, job.get("cwd", "."))
 
     def alarm(signum, frame):
         raise _WallTime()
 
-    signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(max(1, int(timeout)))
     timed_out, error, executed = False, "", None
     try:
-        executed = papermill.execute_notebook(source, target, parameters=job.get("parameters") or {},
-                                              cwd=os.path.join(work, job.get("cwd", ".")), kernel_name="python3",
-                                              progress_bar=False, allow_errors=True, execution_timeout=timeout,
-                                              log_output=False)
+        nb = papermill.execute_notebook(source, prepared, parameters=job.get("parameters") or {}, cwd=cwd,
+                                        kernel_name="python3", progress_bar=False, prepare_only=True,
+                                        log_output=False)
+        nb = nbformat.from_dict(nb)
+        signal.signal(signal.SIGALRM, alarm)
+        signal.alarm(max(1, int(timeout)))
+        try:
+            executed = nbclient.NotebookClient(nb, timeout=int(timeout), kernel_name="python3", allow_errors=True,
+                                               resources={"metadata": {"path": cwd}}).execute()
+        finally:
+            signal.alarm(0)
     except _WallTime:
         timed_out = True
     except Exception as exc:  # noqa: BLE001 - a broken notebook is a result, not a crash of the runner
         error = f"{type(exc).__name__}: {exc}"[:MAX_MESSAGE]
-    finally:
-        signal.alarm(0)
     _kill_rest(job, None)
     cells = {}
     for cell in (executed or {}).get("cells", []) if executed else []:
