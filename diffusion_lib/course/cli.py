@@ -33,9 +33,17 @@ def _handin(args) -> int:
 
 
 def _grade(args) -> int:
+    import sys
+
     from .grade import grade
-    grade(args.submissions, args.output, args.repo, timeout_s=args.timeout, notebook_timeout_s=args.notebook_timeout,
-          memory_mb=args.memory_mb or None, jobs=args.jobs)
+    try:
+        grade(args.submissions, args.output, args.repo, timeout_s=args.timeout,
+              notebook_timeout_s=args.notebook_timeout, memory_mb=args.memory_mb or None, jobs=args.jobs,
+              sandbox=args.sandbox, image=args.image, unsafe=args.unsafe, reveal=args.reveal,
+              clear_flags=tuple(args.clear_flag or ()))
+    except RuntimeError as error:
+        print(f"course grade: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -84,5 +92,15 @@ def add_course_command(subparsers) -> None:
                      help="seconds for one homework notebook's execution (default 600)")
     grd.add_argument("--jobs", type=int, default=1, help="submissions graded at once (default 1)")
     grd.add_argument("--memory-mb", type=int, default=16384,
-                     help="address-space limit of a submission in MB; 0 = none (default 16384)")
+                     help="memory limit of one sandbox in MB; 0 = none (default 16384)")
+    grd.add_argument("--sandbox", choices=("docker", "bwrap", "auto"), default="auto",
+                     help="isolation engine: a container of --image, bubblewrap, or auto (docker, else bwrap)")
+    grd.add_argument("--image", default="diffusion-lib:student",
+                     help="the student image the containers run (default diffusion-lib:student)")
+    grd.add_argument("--unsafe", action="store_true",
+                     help="with no sandbox available, grade WITHOUT isolation (submissions run as you)")
+    grd.add_argument("--reveal", action="store_true",
+                     help="after the deadline: name hidden checks and show reference annotations in feedback")
+    grd.add_argument("--clear-flag", action="append", metavar="STUDENT",
+                     help="score a flagged submission after a person has reviewed it (repeatable)")
     grd.set_defaults(func=_grade)
