@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SANDBOX_KINDS = ("docker", "bwrap", "auto")
-DEFAULT_IMAGE = "diffusion-lib:student"
+DEFAULT_IMAGE = "diffusion-lib-student"
 IMAGE_PYTHON = "/opt/python/bin/python"
 SANDBOX_UID = 65534
 MAX_RESULT_BYTES = 8 * 1024 * 1024
