@@ -468,14 +468,15 @@ def test_sigterm_removes_the_temporary_folder(arena, tmp_path):
     private_tmp.mkdir()
     subs = tmp_path / "subs"
     subs.mkdir()
-    shutil.copyfile(arena["subs"] / "bomb.tar.gz", subs / "bomb.tar.gz")
+    for name in ("bomb", "untouched", "solved"):
+        shutil.copyfile(arena["subs"] / f"{name}.tar.gz", subs / f"{name}.tar.gz")
     code = ("import sys; from diffusion_lib.course.grade import grade\n"
-            "grade(sys.argv[1], sys.argv[2], sys.argv[3], timeout_s=60, verbose=False, sandbox='bwrap')\n")
+            "grade(sys.argv[1], sys.argv[2], sys.argv[3], timeout_s=60, verbose=False, sandbox='bwrap', jobs=2)\n")
     process = subprocess.Popen([sys.executable, "-c", code, str(subs), str(tmp_path / "out"), str(arena["repo"])],
                                env=dict(os.environ, TMPDIR=str(private_tmp)), stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not any((p / "copies").is_dir() and any((p / "copies").iterdir())
+    while time.monotonic() < deadline and not any((p / "overlay").is_dir() and any((p / "overlay").iterdir())
                                                    for p in private_tmp.glob("course-grade-*")):
         time.sleep(0.2)
     assert list(private_tmp.glob("course-grade-*")), "grading did not start"

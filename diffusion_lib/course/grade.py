@@ -334,6 +334,7 @@ def grade(submissions_dir: str | Path, output_dir: str | Path, repo_root: str | 
             raise _Stopped(f"signal {signum}")
         previous = signal.signal(signal.SIGTERM, stop)
     submissions: list[Submission] = []
+    pool = None
     try:
         os.chmod(work, 0o700)
         for name in ("copies", "out", "extract", "overlay"):
@@ -368,16 +369,22 @@ def grade(submissions_dir: str | Path, output_dir: str | Path, repo_root: str | 
                       + (f" ({sub.note})" if sub.note else ""), flush=True)
             return sub
 
+        pool = None
         if jobs > 1:
             from concurrent.futures import ThreadPoolExecutor
-            with ThreadPoolExecutor(max_workers=jobs) as pool:
+            pool = ThreadPoolExecutor(max_workers=jobs)
+            try:
                 list(pool.map(one, todo))
+            finally:
+                pool.shutdown(wait=False, cancel_futures=True)
         else:
             for item in todo:
                 one(item)
         layout = run.layout
     except BaseException:
-        box.stop_all()
+        box.stop_all()  # running sandboxes are killed, new ones refused, so the workers end quickly
+        if pool is not None:
+            pool.shutdown(wait=True)
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -147,10 +147,14 @@ class Sandbox:
     def __init__(self):
         self._lock = threading.Lock()
         self._running: set = set()
+        self.stopped = False
 
     def run(self, job: dict, work: Path, support: Path, scratch: Path, limits: Limits) -> dict:
         """Run ``job`` (kind, targets, ...) on the working copy ``work``; ``scratch`` is a host folder for
-        this job's output folder. Returns the parsed result; raises SandboxError when none came back."""
+        this job's output folder. Returns the parsed result; raises SandboxError when none came back (or
+        after :meth:`stop_all`)."""
+        if self.stopped:
+            raise SandboxError("grading was stopped")
         out = Path(tempfile.mkdtemp(prefix="out-", dir=scratch))
         self._prepare_out(out)
         nonce = secrets.token_hex(16)
@@ -185,6 +189,8 @@ class Sandbox:
                                        start_new_session=True, preexec_fn=preexec)
             with self._lock:
                 self._running.add((process, kill))
+                if self.stopped:
+                    kill(process)
             timed_out = False
             try:
                 process.communicate(payload, timeout=wall)
@@ -200,8 +206,9 @@ class Sandbox:
             return timed_out, log.read().decode("utf-8", "replace")
 
     def stop_all(self) -> None:
-        """Kill every job still running (on SIGINT/SIGTERM of the grader)."""
+        """Kill every job still running and refuse new ones (on SIGINT/SIGTERM of the grader)."""
         with self._lock:
+            self.stopped = True
             running = list(self._running)
         for process, kill in running:
             kill(process)
