@@ -351,6 +351,8 @@ def test_attacks_in_docker_score_no_more_than_the_release(arena, docker_run):
     rows = docker_run["rows"]
     assert "not written by the grader's plugin" in (docker_run["out"] / "feedback/forge.md").read_text()
     assert "withheld" in (docker_run["out"] / "feedback/leak.md").read_text()
+    # the whole run ends well within its limits (each sandbox: TIMEOUT or NB_TIMEOUT, plus start-up)
+    assert docker_run["seconds"] < 600
     print(f"docker grade run: {len(rows)} submissions in {docker_run['seconds']:.0f} s")
 
 
