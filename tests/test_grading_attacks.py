@@ -21,9 +21,11 @@ import csv
 import hashlib
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -349,6 +351,8 @@ def test_attacks_in_docker_score_no_more_than_the_release(arena, docker_run):
     rows = docker_run["rows"]
     assert "not written by the grader's plugin" in (docker_run["out"] / "feedback/forge.md").read_text()
     assert "withheld" in (docker_run["out"] / "feedback/leak.md").read_text()
+    # the whole run ends well within its limits (each sandbox: TIMEOUT or NB_TIMEOUT, plus start-up)
+    assert docker_run["seconds"] < 600
     print(f"docker grade run: {len(rows)} submissions in {docker_run['seconds']:.0f} s")
 
 
@@ -437,3 +441,49 @@ def test_hand_grades_and_other_students_survive_a_partial_regrade(arena, docker_
         assert gb.find_grade("task_1", "library", "coursework", "untouched").extra_credit == pytest.approx(0.25)
         assert gb.find_submission("coursework", "solved").score == pytest.approx(3.5 + 0.4)
         assert {s.student_id for s in gb.assignment_submissions("coursework")} >= set(ATTACKS)
+
+
+def test_every_entry_gets_its_own_line(tmp_path):
+    from diffusion_lib.course.intake import list_submissions
+
+    folder = tmp_path / "subs"
+    folder.mkdir()
+    for name in ("..t18.tar.gz", "t18.tar.gz", ".DS_Store", "notes.txt", "a b.zip"):
+        (folder / name).write_bytes(b"x")
+    (folder / "link.tar.gz").symlink_to(folder / "t18.tar.gz")
+    (folder / "dir.tar.gz").mkdir()
+    entries = {path.name: (sid, error) for sid, path, error in list_submissions(folder)}
+    assert len(entries) == 7 and len({sid for sid, _ in entries.values()}) == 7
+    assert entries["t18.tar.gz"] == ("t18", None)
+    assert entries["..t18.tar.gz"][0] == "t18.tar.gz" and "student id" in entries["..t18.tar.gz"][1]
+    assert "not a regular file" in entries["link.tar.gz"][1] and "not a regular file" in entries["dir.tar.gz"][1]
+    assert all(error for name, (_, error) in entries.items() if name != "t18.tar.gz")
+
+
+def test_sigterm_removes_the_temporary_folder(arena, tmp_path):
+    from diffusion_lib.course.sandbox import bwrap_available
+
+    ok, why = bwrap_available()
+    if not ok:
+        pytest.skip(why)
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    for name in ("bomb", "untouched", "solved"):
+        shutil.copyfile(arena["subs"] / f"{name}.tar.gz", subs / f"{name}.tar.gz")
+    code = ("import sys; from diffusion_lib.course.grade import grade\n"
+            "grade(sys.argv[1], sys.argv[2], sys.argv[3], timeout_s=60, verbose=False, sandbox='bwrap', jobs=2)\n")
+    process = subprocess.Popen([sys.executable, "-c", code, str(subs), str(tmp_path / "out"), str(arena["repo"])],
+                               env=dict(os.environ, TMPDIR=str(private_tmp)), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any((p / "overlay").is_dir() and any((p / "overlay").iterdir())
+                                                   for p in private_tmp.glob("course-grade-*")):
+        time.sleep(0.2)
+    assert list(private_tmp.glob("course-grade-*")), "grading did not start"
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode != 0
+    assert list(private_tmp.iterdir()) == [], err.decode()[-2000:]
+    assert _sandbox_processes() == []

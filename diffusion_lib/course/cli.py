@@ -95,8 +95,8 @@ def add_course_command(subparsers) -> None:
                      help="memory limit of one sandbox in MB; 0 = none (default 16384)")
     grd.add_argument("--sandbox", choices=("docker", "bwrap", "auto"), default="auto",
                      help="isolation engine: a container of --image, bubblewrap, or auto (docker, else bwrap)")
-    grd.add_argument("--image", default="diffusion-lib:student",
-                     help="the student image the containers run (default diffusion-lib:student)")
+    grd.add_argument("--image", default="diffusion-lib-student",
+                     help="the student image the containers run (default diffusion-lib-student)")
     grd.add_argument("--unsafe", action="store_true",
                      help="with no sandbox available, grade WITHOUT isolation (submissions run as you)")
     grd.add_argument("--reveal", action="store_true",

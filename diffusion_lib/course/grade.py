@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import tarfile
 import tempfile
 import threading
@@ -139,6 +140,11 @@ class _Run:
                                f"sandbox ({self.sandbox.name}); pytest said: {result.get('output_tail', '')[-800:]}")
         return ids
 
+    def _log(self, sub: Submission, what: str, error: SandboxError) -> None:
+        """The engine's own output for a run that returned nothing, on the grader's terminal only."""
+        if self.verbose and error.detail.strip():
+            print(f"{sub.student} {what}: {error} -- engine output: {error.detail.strip()[-600:]}", file=sys.stderr)
+
     def grade_one(self, sub: Submission, archive: Path) -> None:
         """Judge one submission into ``sub`` (scores, notes, flag)."""
         extract_dir = self.work / "extract" / sub.student
@@ -200,6 +206,7 @@ class _Run:
                 except SandboxError as error:
                     result = {}
                     notes.append(self.redact(f"no result: {error}"))
+                    self._log(sub, task.id, error)
                 finally:
                     shutil.rmtree(copy, ignore_errors=True)
                 timed_out |= bool(result.get("timed_out"))
@@ -248,6 +255,7 @@ class _Run:
             except SandboxError as error:
                 result = {}
                 notes.append(self.redact(f"the notebook did not run: {error}"))
+                self._log(sub, rel, error)
             finally:
                 shutil.rmtree(copy, ignore_errors=True)
             timed_out |= bool(result.get("timed_out"))
@@ -308,11 +316,13 @@ def grade(submissions_dir: str | Path, output_dir: str | Path, repo_root: str | 
     course = load_course(repo_root)
     limits = Limits(timeout_s=timeout_s, notebook_timeout_s=notebook_timeout_s, memory_mb=memory_mb, pids=pids,
                     cpus=cpus, tmpfs_mb=tmpfs_mb)
+    sources = [repo_root / d for d in ("diffusion_lib", "coursework", "homework", "tests")]
+    if output_dir == repo_root or any(output_dir == d or d in output_dir.parents for d in sources):
+        raise ValueError(f"output folder {output_dir}: must not be the repository or inside one of its source "
+                         f"folders ({', '.join(d.name for d in sources)})")
     box = choose_sandbox(sandbox, image, unsafe)
     if verbose:
         print(f"sandbox: {box.description}", flush=True)
-    if output_dir == repo_root or repo_root in output_dir.parents and output_dir.name in ("diffusion_lib", "coursework"):
-        raise ValueError(f"output folder {output_dir}: must not be the repository or one of its source folders")
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "feedback").mkdir(exist_ok=True)
     assignment = sanitize(course.raw.get("assignment") or "coursework")
@@ -324,6 +334,7 @@ def grade(submissions_dir: str | Path, output_dir: str | Path, repo_root: str | 
             raise _Stopped(f"signal {signum}")
         previous = signal.signal(signal.SIGTERM, stop)
     submissions: list[Submission] = []
+    pool = None
     try:
         os.chmod(work, 0o700)
         for name in ("copies", "out", "extract", "overlay"):
@@ -358,16 +369,22 @@ def grade(submissions_dir: str | Path, output_dir: str | Path, repo_root: str | 
                       + (f" ({sub.note})" if sub.note else ""), flush=True)
             return sub
 
+        pool = None
         if jobs > 1:
             from concurrent.futures import ThreadPoolExecutor
-            with ThreadPoolExecutor(max_workers=jobs) as pool:
+            pool = ThreadPoolExecutor(max_workers=jobs)
+            try:
                 list(pool.map(one, todo))
+            finally:
+                pool.shutdown(wait=False, cancel_futures=True)
         else:
             for item in todo:
                 one(item)
         layout = run.layout
     except BaseException:
-        box.stop_all()
+        box.stop_all()  # running sandboxes are killed, new ones refused, so the workers end quickly
+        if pool is not None:
+            pool.shutdown(wait=True)
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)

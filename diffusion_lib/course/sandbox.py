@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SANDBOX_KINDS = ("docker", "bwrap", "auto")
-DEFAULT_IMAGE = "diffusion-lib:student"
+DEFAULT_IMAGE = "diffusion-lib-student"
 IMAGE_PYTHON = "/opt/python/bin/python"
 SANDBOX_UID = 65534
 MAX_RESULT_BYTES = 8 * 1024 * 1024
@@ -64,7 +64,10 @@ class Limits:
 
 
 class SandboxError(RuntimeError):
-    """No result came back from the sandbox (the reason is the message, safe to show the student)."""
+    """No result came back from the sandbox. The message is safe to show the student; ``detail`` (the
+    tail of the engine's output) is for the grader's own log only."""
+
+    detail = ""
 
 
 def write_support(folder: Path, bundle_pytest: bool = True) -> Path:
@@ -144,10 +147,14 @@ class Sandbox:
     def __init__(self):
         self._lock = threading.Lock()
         self._running: set = set()
+        self.stopped = False
 
     def run(self, job: dict, work: Path, support: Path, scratch: Path, limits: Limits) -> dict:
         """Run ``job`` (kind, targets, ...) on the working copy ``work``; ``scratch`` is a host folder for
-        this job's output folder. Returns the parsed result; raises SandboxError when none came back."""
+        this job's output folder. Returns the parsed result; raises SandboxError when none came back (or
+        after :meth:`stop_all`)."""
+        if self.stopped:
+            raise SandboxError("grading was stopped")
         out = Path(tempfile.mkdtemp(prefix="out-", dir=scratch))
         self._prepare_out(out)
         nonce = secrets.token_hex(16)
@@ -156,13 +163,14 @@ class Sandbox:
                     limits={"as_mb": None if self.name == "docker" else limits.memory_mb,
                             "fsize_mb": limits.file_mb, "cpu_s": int(wall) + 30})
         full.update(self._paths(work, support, out))
-        timed_out = self._execute(json.dumps(full).encode(), work, support, out, limits, wall + 60)
+        timed_out, tail = self._execute(json.dumps(full).encode(), work, support, out, limits, wall + 60)
         try:
             return read_result(out, nonce)
-        except SandboxError:
+        except SandboxError as error:
             if timed_out:
-                raise SandboxError(f"the sandbox was stopped at its time limit ({wall:g} s)") from None
-            raise
+                error = SandboxError(f"the sandbox was stopped at its time limit ({wall:g} s)")
+            error.detail = tail
+            raise error from None
         finally:
             shutil.rmtree(out, ignore_errors=True)
 
@@ -172,33 +180,35 @@ class Sandbox:
     def _paths(self, work: Path, support: Path, out: Path) -> dict:
         return {"work": "/grader/work", "support": "/grader/support", "out": "/grader/out", "scratch": "/tmp"}
 
-    def _popen(self, command: list[str], payload: bytes, wall: float, kill, env=None, preexec=None) -> bool:
-        """Run ``command`` with ``payload`` on stdin and output discarded beyond a bound; ``kill()`` at
-        the wall-time limit. Returns whether the limit was reached."""
+    def _popen(self, command: list[str], payload: bytes, wall: float, kill, env=None,
+               preexec=None) -> tuple[bool, str]:
+        """Run ``command`` with ``payload`` on stdin, ``kill(process)`` at the wall-time limit ``wall``
+        (seconds). Returns (whether the limit was reached, the last 2000 characters of its output)."""
         with tempfile.TemporaryFile() as log:
             process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=log, stderr=log, env=env,
                                        start_new_session=True, preexec_fn=preexec)
             with self._lock:
                 self._running.add((process, kill))
-            try:
-                try:
-                    process.communicate(payload, timeout=wall)
-                    return False
-                except subprocess.TimeoutExpired:
+                if self.stopped:
                     kill(process)
-                    process.wait(timeout=60)
-                    return True
+            timed_out = False
+            try:
+                process.communicate(payload, timeout=wall)
+            except subprocess.TimeoutExpired:
+                kill(process)
+                process.wait(timeout=60)
+                timed_out = True
             finally:
                 with self._lock:
                     self._running.discard((process, kill))
-                log.seek(0, os.SEEK_END)
-                size = log.tell()
-                log.seek(max(0, size - 2000))
-                self.last_output = log.read().decode("utf-8", "replace")
+            log.seek(0, os.SEEK_END)
+            log.seek(max(0, log.tell() - 2000))
+            return timed_out, log.read().decode("utf-8", "replace")
 
     def stop_all(self) -> None:
-        """Kill every job still running (on SIGINT/SIGTERM of the grader)."""
+        """Kill every job still running and refuse new ones (on SIGINT/SIGTERM of the grader)."""
         with self._lock:
+            self.stopped = True
             running = list(self._running)
         for process, kill in running:
             kill(process)
@@ -226,7 +236,7 @@ class DockerSandbox(Sandbox):
         os.chown(out, SANDBOX_UID, SANDBOX_UID)
         os.chmod(out, 0o700)
 
-    def _execute(self, payload, work, support, out, limits, wall) -> bool:
+    def _execute(self, payload, work, support, out, limits, wall) -> tuple[bool, str]:
         name = "course-grade-" + secrets.token_hex(8)
         memory = [f"--memory={limits.memory_mb}m", f"--memory-swap={limits.memory_mb}m"] if limits.memory_mb else []
         command = [self.docker, "run", "--rm", "-i", "--name", name, "--label", f"{CONTAINER_LABEL}=1",
@@ -292,7 +302,7 @@ class BwrapSandbox(Sandbox):
                 "--clearenv", "--setenv", "PATH", f"{os.path.dirname(self.python)}:/usr/bin:/bin",
                 "--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8", *argv]
 
-    def _execute(self, payload, work, support, out, limits, wall) -> bool:
+    def _execute(self, payload, work, support, out, limits, wall) -> tuple[bool, str]:
         import resource
 
         command = self.command(work, support, out, limits, [self.python, "-I", "/grader/support/sandbox_runner.py"])
@@ -321,7 +331,7 @@ class UnsafeSandbox(Sandbox):
         scratch = tempfile.mkdtemp(prefix="course-unsafe-")
         return {"work": str(work), "support": str(support), "out": str(out), "scratch": scratch}
 
-    def _execute(self, payload, work, support, out, limits, wall) -> bool:
+    def _execute(self, payload, work, support, out, limits, wall) -> tuple[bool, str]:
         scratch = json.loads(payload)["scratch"]
         try:
             return self._popen([self.python, "-I", str(support / "sandbox_runner.py")], payload, wall, _killpg)

@@ -166,7 +166,7 @@ def run_pytest_job(job: dict, work: str, env: dict) -> dict:
     os.write(token_write, key)
     os.close(token_write)
     env = dict(env, COURSE_REPORT_FD=str(report_fd), COURSE_TOKEN_FD=str(token_read))
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", PLUGIN_MODULE,
+    command = [sys.executable, "-P", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", PLUGIN_MODULE,
                "--rootdir", work, "-o", "addopts=", "--color=no", "-o", "cache_dir=" + env["TMPDIR"]]
     if job["kind"] == "collect":
         command.append("--collect-only")
