@@ -210,5 +210,5 @@ def test_tensorboard_is_published_on_loopback_only_and_proxied_in_lab():
     assert tensorboard["profiles"] == ["tensorboard"]  # only when asked for
     assert tensorboard["ports"] == ["127.0.0.1:${TENSORBOARD_PORT:-6006}:6006"]
     assert all(v.endswith(":ro") for v in tensorboard["volumes"])
-    config = open("docker/jupyter_server_config.py").read()
+    config = open("docker/jupyter_common_config.py").read()  # loaded by the standalone and the hub server
     assert 'c.ServerProxy.servers = {\n    "tensorboard"' in config
