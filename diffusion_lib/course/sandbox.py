@@ -270,7 +270,8 @@ def _bwrap_system_binds() -> list[str]:
 
 def _python_binds(python: str) -> list[str]:
     """Read-only binds of the grading Python: its environment (venv) and the interpreter it links to."""
-    prefixes = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.dirname(os.path.realpath(python)))}
+    prefixes = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.dirname(os.path.abspath(python))),
+                os.path.dirname(os.path.dirname(os.path.realpath(python)))}
     args = []
     for prefix in sorted(p for p in prefixes if p and not p.startswith("/usr")):
         args += ["--ro-bind", prefix, prefix]
@@ -294,11 +295,12 @@ class BwrapSandbox(Sandbox):
         """The bwrap command line that runs ``argv`` with the job's folders bound."""
         return [self.bwrap, "--unshare-all", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
                 "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--hostname", "sandbox",
-                *_bwrap_system_binds(), *_python_binds(self.python),
-                "--ro-bind", str(work), "/grader/work", "--ro-bind", str(support), "/grader/support",
-                "--bind", str(out), "/grader/out", "--dev", "/dev", "--proc", "/proc",
+                *_bwrap_system_binds(), "--dev", "/dev", "--proc", "/proc",
+                # the private /tmp before the Python binds: a grading venv under /tmp stays visible
                 "--size", str(limits.tmpfs_mb * 1024 * 1024), "--tmpfs", "/tmp",
-                "--size", str(64 * 1024 * 1024), "--tmpfs", "/dev/shm", "--chdir", "/tmp",
+                "--size", str(64 * 1024 * 1024), "--tmpfs", "/dev/shm", *_python_binds(self.python),
+                "--ro-bind", str(work), "/grader/work", "--ro-bind", str(support), "/grader/support",
+                "--bind", str(out), "/grader/out", "--chdir", "/tmp",
                 "--clearenv", "--setenv", "PATH", f"{os.path.dirname(self.python)}:/usr/bin:/bin",
                 "--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8", *argv]
 
