@@ -49,20 +49,8 @@ class TaskVerdict:
 def hidden_test_names(repo_root: Path, test_files) -> set[str]:
     """Names of test functions and classes defined inside hidden-test regions of the instructor's files."""
     names: set[str] = set()
-    for rel in test_files:
-        path = Path(repo_root) / rel
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError:
-            continue
-        lines = text.splitlines()
-        try:
-            regions = markers.find_regions(text, rel)
-        except ValueError:
-            continue
-        for region in regions:
-            if region.kind != "hidden":
-                continue
+    for lines, region in _marked_regions(repo_root, test_files):
+        if region.kind == "hidden":
             body = "\n".join(lines[region.begin:region.end - 1])
             names |= set(re.findall(r"^\s*(?:async\s+)?def\s+(test\w*)", body, re.MULTILINE))
             names |= set(re.findall(r"^\s*class\s+(Test\w*)", body, re.MULTILINE))
@@ -97,19 +85,22 @@ class Redactor:
 def secret_lines(repo_root: Path, files) -> list[str]:
     """Lines inside solution and hidden-test regions of the instructor's ``files`` (relative paths)."""
     found = []
+    for lines, region in _marked_regions(repo_root, files):
+        found += [l for l in lines[region.begin:region.end - 1] if "###" not in l]
+    return found
+
+
+def _marked_regions(repo_root: Path, files):
+    """(the file's lines, region) for every nbgrader-marked region of the readable, well-marked ``files``."""
     for rel in files:
         try:
             text = (Path(repo_root) / rel).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
+            regions = markers.find_regions(text, rel)
+        except (OSError, UnicodeDecodeError, ValueError):
             continue
         lines = text.splitlines()
-        try:
-            regions = markers.find_regions(text, rel)
-        except ValueError:
-            continue
         for region in regions:
-            found += [l for l in lines[region.begin:region.end - 1] if "###" not in l]
-    return found
+            yield lines, region
 
 
 def judge_tests(expected: list[str], result: dict, hidden: set[str], redact: Redactor, reveal: bool,
