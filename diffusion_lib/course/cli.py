@@ -22,12 +22,34 @@ def _check(args) -> int:
 
 
 def _handin(args) -> int:
-    from .handin import NothingToHandIn, handin
+    import os
+
+    from .handin import NothingToHandIn, handin, submit
+    if args.submit and not os.environ.get("COURSE_HANDIN_DIR"):
+        print("handin: --submit needs the course's hand-in folder, but COURSE_HANDIN_DIR is not set (the course's "
+              "JupyterHub sets it in your server); without a hub, hand in the archive as your instructor says",
+              file=sys.stderr)
+        return 2
     try:
-        handin(args.root, args.output, include=tuple(args.include or ()), max_file_mb=args.max_file_mb,
-               max_total_mb=args.max_total_mb, allow_empty=args.allow_empty)
+        result = handin(args.root, args.output, include=tuple(args.include or ()), max_file_mb=args.max_file_mb,
+                        max_total_mb=args.max_total_mb, allow_empty=args.allow_empty)
     except NothingToHandIn as error:
         print(f"handin: {error}", file=sys.stderr)
+        return 2
+    if args.submit:
+        submit(result.archive, os.environ["COURSE_HANDIN_DIR"])
+    return 0
+
+
+def _collect(args) -> int:
+    import datetime as dt
+
+    from .collect import collect
+    try:
+        deadline = dt.datetime.fromisoformat(args.deadline) if args.deadline else None
+        collect(args.handins, args.output, deadline=deadline)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"course collect: {error}", file=sys.stderr)
         return 2
     return 0
 
@@ -53,8 +75,8 @@ def add_course_command(subparsers) -> None:
         "course", help="coursework: release the student copy, self-check, hand in, grade",
         description="Coursework tools (format: coursework/tasks.yaml, solution regions marked with nbgrader's "
                     "markers, # Start/# End annotation regions). Instructor: release, grade. Student: check, handin.")
-    commands = course.add_subparsers(dest="course_command", required=True, metavar="{release,check,handin,grade}",
-                                      help="release, check, handin or grade")
+    commands = course.add_subparsers(dest="course_command", required=True, metavar="{release,check,handin,collect,grade}",
+                                      help="release, check, handin, collect or grade")
 
     rel = commands.add_parser("release", help="write the student release (stubs, empty annotation slots, "
                                               "no hidden tests), then verify nothing leaked")
@@ -80,7 +102,17 @@ def add_course_command(subparsers) -> None:
     hand.add_argument("--max-total-mb", type=float, default=50.0, help="largest archive, uncompressed (default 50 MB)")
     hand.add_argument("--allow-empty", action="store_true",
                       help="hand in even when nothing differs from the release (refused otherwise, exit status 2)")
+    hand.add_argument("--submit", action="store_true",
+                      help="under the course's JupyterHub: also copy the archive into your hand-in folder "
+                           "($COURSE_HANDIN_DIR), replacing an earlier hand-in; its time is your hand-in time")
     hand.set_defaults(func=_handin)
+
+    col = commands.add_parser("collect", help="instructor: gather the hub's hand-in folders into a folder of "
+                                              "<student>.tar.gz archives for grade")
+    col.add_argument("handins", help="the hub's hand-in folder (one sub-folder per student)")
+    col.add_argument("--output", default="submissions", help="folder of archives to write (default: submissions)")
+    col.add_argument("--deadline", help="ISO time with timezone, e.g. 2026-12-15T23:59:00+01:00: later ones are LATE")
+    col.set_defaults(func=_collect)
 
     grd = commands.add_parser("grade", help="grade a folder of archives in isolation -> nbgrader gradebook, "
                                             "grades.csv, feedback/<student>.md")

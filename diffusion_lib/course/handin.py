@@ -156,3 +156,31 @@ def handin(root: str | Path = ".", output: str | Path | None = None, *, include:
         print("The archive's name is your student id for the grader: rename it to <student-id>"
               + (".zip" if archive.name.endswith(".zip") else ".tar.gz") + " if needed.")
     return result
+
+
+def submit(archive: str | Path, handin_dir: str | Path, verbose: bool = True) -> Path:
+    """Copy ``archive`` into ``handin_dir`` as ``submission.tar.gz`` (atomically: the grader's ``course collect``
+    never sees half a file), replacing an earlier hand-in. Under the course's JupyterHub ``handin_dir`` is the
+    student's own hand-in folder, ``/handin`` (``$COURSE_HANDIN_DIR``), which only that student can see.
+
+    Returns:
+        The path written. Its modification time is the hand-in time the grader records.
+
+    Raises:
+        FileNotFoundError: ``handin_dir`` does not exist. ValueError: ``archive`` is not a .tar.gz.
+    """
+    from ..atomic import atomic_write
+
+    archive, handin_dir = Path(archive), Path(handin_dir)
+    if not archive.name.endswith((".tar.gz", ".tgz")):
+        raise ValueError(f"archive {archive}: --submit hands in a .tar.gz (got {archive.name})")
+    if not handin_dir.is_dir():
+        raise FileNotFoundError(f"hand-in folder {handin_dir} does not exist (is this a server of the course's hub?)")
+    target = handin_dir / "submission.tar.gz"
+    data = archive.read_bytes()
+    atomic_write(target, lambda temporary: Path(temporary).write_bytes(data))
+    if verbose:
+        import datetime as dt
+        print(f"submitted: {target} ({len(data) / 1024:.0f} kB) at "
+              f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC; hand in again to replace it")
+    return target
