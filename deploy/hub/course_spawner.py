@@ -13,7 +13,8 @@ What it adds to DockerSpawner (dockerspawner 14), each a setting in jupyterhub_c
   mode 0700) mounted at ``/handin``. A student's container sees only its own folder, so no student can read
   another's work or hand-in; ``course handin --submit`` writes there and ``course collect`` gathers them.
 
-Raises (at spawn, shown on the spawn page): ValueError for a profile name that is not offered.
+Raises (at spawn, shown on the spawn page): HTTP 400 for a profile that is not offered; ValueError for a
+user name that cannot name a folder or a hand-in folder that is not a plain folder.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ class CourseSpawner(DockerSpawner):
                                help="the same folder as the Docker engine sees it (bind source; default: handins_dir)")
     student_uid = Integer(1000, config=True, help="uid of the image's student user (owner of the hand-in folder)")
     student_gid = Integer(1000, config=True, help="gid of the image's student user")
+    admin_image = Unicode("", config=True,
+                          help="image of the hub admins' servers, e.g. the instructor image (empty: the same image)")
+    profile_slug = Unicode(None, allow_none=True, help="the profile this server was started with")
 
     @default("options_form")
     def _options_form(self) -> str:
@@ -58,11 +62,9 @@ class CourseSpawner(DockerSpawner):
         chosen = (formdata.get("profile") or [next(iter(self.profiles), "")])[0]
         return {"profile": chosen}
 
-    def _profile(self) -> tuple[str, dict]:
-        slug = (self.user_options or {}).get("profile") or next(iter(self.profiles))
-        if slug not in self.profiles:
-            raise ValueError(f"profile {slug!r} is not offered; choose one of {sorted(self.profiles)}")
-        return slug, self.profiles[slug]
+    @default("apply_user_options")
+    def _apply_default(self):
+        return apply_profile
 
     def _handin_folder(self) -> Path:
         """``<handins_dir>/<user>``, made by the hub (never through a link) and owned by the student user."""
@@ -86,17 +88,10 @@ class CourseSpawner(DockerSpawner):
         return folder
 
     async def start(self):
-        slug, profile = self._profile()
-        self.mem_limit = profile.get("mem_limit")
-        self.cpu_limit = profile.get("cpu_limit")
-        host_config = dict(self.extra_host_config)
-        gpus = int(profile.get("gpus", 0))
-        if gpus:
-            host_config["device_requests"] = [
-                {"Driver": "nvidia", "Count": gpus, "Capabilities": [["gpu"]]}]
-        else:
-            host_config.pop("device_requests", None)
-        self.extra_host_config = host_config
+        if self.profile_slug is None:          # started without options (the REST API, an admin): the default
+            apply_profile(self, {})
+        if self.admin_image and self.user.admin:   # staff work in the instructor's repository: grading, formgrader
+            self.image = self.admin_image
         volumes = {f"course-{self.user.name}": "/workspace"}
         if self.datasets_dir:
             volumes[self.datasets_dir] = {"bind": "/workspace/datasets", "mode": "ro"}
@@ -105,6 +100,28 @@ class CourseSpawner(DockerSpawner):
             source = Path(self.handins_host_dir or self.handins_dir) / folder.name
             volumes[str(source)] = {"bind": "/handin", "mode": "rw"}
         self.volumes = volumes
-        self.environment = {**self.environment, "COURSE_HANDIN_DIR": "/handin", "COURSE_PROFILE": slug}
-        self.log.info("spawning %s with profile %s (gpus=%d)", self.user.name, slug, gpus)
+        self.environment = {**self.environment, "COURSE_HANDIN_DIR": "/handin", "COURSE_PROFILE": self.profile_slug}
+        self.log.info("spawning %s with profile %s", self.user.name, self.profile_slug)
         return await super().start()
+
+
+def apply_profile(spawner: CourseSpawner, user_options: dict) -> None:
+    """JupyterHub's ``apply_user_options`` hook: the chosen profile's limits and GPUs, validated (user input).
+
+    Raises:
+        tornado.web.HTTPError(400): a profile that is not offered (shown on the spawn page).
+    """
+    from tornado import web
+
+    slug = (user_options or {}).get("profile") or next(iter(spawner.profiles))
+    if not isinstance(slug, str) or slug not in spawner.profiles:
+        raise web.HTTPError(400, f"profile {slug!r} is not offered; choose one of {sorted(spawner.profiles)}")
+    profile = spawner.profiles[slug]
+    spawner.profile_slug = slug
+    spawner.mem_limit = profile.get("mem_limit")
+    spawner.cpu_limit = profile.get("cpu_limit")
+    host_config = {k: v for k, v in spawner.extra_host_config.items() if k != "device_requests"}
+    gpus = int(profile.get("gpus", 0))
+    if gpus:   # what `docker run --gpus N` asks the engine for (NVIDIA Container Toolkit)
+        host_config["device_requests"] = [{"Driver": "nvidia", "Count": gpus, "Capabilities": [["gpu"]]}]
+    spawner.extra_host_config = host_config

@@ -35,6 +35,7 @@ c.NativeAuthenticator.check_common_password = True
 # --- one container per student ---------------------------------------------------------------------------
 c.JupyterHub.spawner_class = CourseSpawner
 c.DockerSpawner.image = env("COURSE_STUDENT_IMAGE", "diffusion-lib-student:latest")
+c.CourseSpawner.admin_image = env("COURSE_INSTRUCTOR_IMAGE", "")   # the admins' servers: grading, formgrader
 c.DockerSpawner.network_name = env("COURSE_NETWORK", "diffusion-lib-hub")
 c.DockerSpawner.use_internal_ip = True
 c.DockerSpawner.remove = True                        # a stopped server's container goes; its volume stays
@@ -56,6 +57,11 @@ c.CourseSpawner.profiles = {
     "gpu": {"display_name": "GPU: one NVIDIA GPU for 3.2c and the full profiles",
             "mem_limit": env("COURSE_GPU_MEM", "32G"), "cpu_limit": float(env("COURSE_GPU_CORES", "8")), "gpus": 1},
 }
+
+# How often the hub reads activity from the proxy and the servers report theirs (seconds): the culler
+# decides on it. Shorter than the idle timeout, or a busy server looks idle.
+c.JupyterHub.last_activity_interval = int(env("COURSE_ACTIVITY_INTERVAL", "300"))
+c.Spawner.environment = {"JUPYTERHUB_ACTIVITY_INTERVAL": env("COURSE_ACTIVITY_INTERVAL", "300")}
 
 # --- idle servers stop (their volumes stay) ---------------------------------------------------------------
 c.JupyterHub.load_roles = [{"name": "idle-culler", "services": ["idle-culler"],
