@@ -88,8 +88,6 @@ class CourseSpawner(DockerSpawner):
         return folder
 
     async def start(self):
-        if self.profile_slug is None:          # started without options (the REST API, an admin): the default
-            apply_profile(self, {})
         if self.admin_image and self.user.admin:   # staff work in the instructor's repository: grading, formgrader
             self.image = self.admin_image
         volumes = {f"course-{self.user.name}": "/workspace"}

@@ -37,7 +37,11 @@ def _handin(args) -> int:
         print(f"handin: {error}", file=sys.stderr)
         return 2
     if args.submit:
-        submit(result.archive, os.environ["COURSE_HANDIN_DIR"])
+        try:
+            submit(result.archive, os.environ["COURSE_HANDIN_DIR"])
+        except (FileNotFoundError, ValueError) as error:
+            print(f"handin: {error}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -5,8 +5,7 @@ folder ``<handins>/<user>/`` at ``/handin``, and ``course handin --submit`` writ
 there. Run by the instructor (often as root), this step trusts nothing a student wrote: the student id is the
 folder's name (the hub user), never the archive's; a folder or archive that is a link, not a regular file,
 or over the size limit is refused with a line saying why; files are opened with ``O_NOFOLLOW`` and copied
-(never moved) to ``<submissions>/<user>.tar.gz`` with their hand-in time kept as the copy's mtime, which
-``course grade`` reads as the submission's timestamp.
+(never moved) to ``<submissions>/<user>.tar.gz`` with their hand-in time kept as the copy's mtime.
 """
 
 from __future__ import annotations
@@ -19,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import atomic_write
+from .handin import SUBMITTED_NAME
 from .intake import STUDENT_ID
 
-SUBMITTED_NAME = "submission.tar.gz"
 MAX_ARCHIVE_BYTES = 60 * 1024 * 1024   # handin's 50 MB uncompressed limit, compressed, plus slack
 
 

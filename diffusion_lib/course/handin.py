@@ -25,6 +25,7 @@ DATA_SUFFIXES = (".npz", ".npy", ".tar", ".gz", ".tgz", ".zip", ".parquet", ".ar
 DATA_DIRS = {"data", "datasets", "dataset", "data_cache"}   # as a top-level folder or inside outputs
 DATA_FILE_LIMIT = 1 * 1024 * 1024
 MB = 1024 * 1024
+SUBMITTED_NAME = "submission.tar.gz"   # what --submit writes into the hand-in folder (course collect reads it)
 
 
 class NothingToHandIn(ValueError):
@@ -159,7 +160,7 @@ def handin(root: str | Path = ".", output: str | Path | None = None, *, include:
 
 
 def submit(archive: str | Path, handin_dir: str | Path, verbose: bool = True) -> Path:
-    """Copy ``archive`` into ``handin_dir`` as ``submission.tar.gz`` (atomically: the grader's ``course collect``
+    """Copy ``archive`` into ``handin_dir`` as SUBMITTED_NAME (atomically: the grader's ``course collect``
     never sees half a file), replacing an earlier hand-in. Under the course's JupyterHub ``handin_dir`` is the
     student's own hand-in folder, ``/handin`` (``$COURSE_HANDIN_DIR``), which only that student can see.
 
@@ -176,7 +177,7 @@ def submit(archive: str | Path, handin_dir: str | Path, verbose: bool = True) ->
         raise ValueError(f"archive {archive}: --submit hands in a .tar.gz (got {archive.name})")
     if not handin_dir.is_dir():
         raise FileNotFoundError(f"hand-in folder {handin_dir} does not exist (is this a server of the course's hub?)")
-    target = handin_dir / "submission.tar.gz"
+    target = handin_dir / SUBMITTED_NAME
     data = archive.read_bytes()
     atomic_write(target, lambda temporary: Path(temporary).write_bytes(data))
     if verbose:
