@@ -232,3 +232,26 @@ def test_admins_get_the_instructor_image(monkeypatch, tmp_path, spawner_module):
     monkeypatch.setattr(spawner_module.DockerSpawner, "start", fake_start)
     asyncio.run(spawner.start())
     assert seen["image"] == "course:instructor"
+
+
+def test_the_login_page_is_the_one_fixed_for_jupyterhub_6(monkeypatch):
+    """deploy/hub/course_auth.py swaps only NativeAuthenticator's login handler, for one without statsd."""
+    pytest.importorskip("nativeauthenticator")
+    monkeypatch.syspath_prepend(str(HUB))
+    import course_auth
+    from nativeauthenticator import NativeAuthenticator, handlers
+
+    def handlers_of(cls):   # without __init__, which opens the hub's database
+        return dict(cls.__new__(cls).get_handlers(None))
+
+    ours, theirs = handlers_of(course_auth.CourseNativeAuthenticator), handlers_of(NativeAuthenticator)
+    assert set(ours) == set(theirs)
+    assert ours["/login"] is course_auth.CourseLoginHandler
+    assert issubclass(ours["/login"], handlers.LoginHandler)
+    assert {p: h for p, h in ours.items() if p != "/login"} == {p: h for p, h in theirs.items() if p != "/login"}
+    timer = course_auth.CourseLoginHandler.statsd.timer("login.authenticate").start()
+    assert timer.stop(send=False) is None
+    pins = {line.split("==")[0]: line.split("==")[1].split()[0]
+            for line in (HUB / "requirements.txt").read_text().splitlines() if "==" in line}
+    dev = (REPO / "requirements-dev.txt").read_text()
+    assert f"jupyterhub-nativeauthenticator=={pins['jupyterhub-nativeauthenticator']}" in dev
