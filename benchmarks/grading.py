@@ -4,7 +4,7 @@ The script releases the repository (``course release``), makes N submissions fro
 ``course handin`` (cycling through three kinds: ``correct`` = every released file that differs from the
 instructor's copy replaced by the instructor's, ``wrong`` = correct but diffusion_lib/guidance.py left as
 released, ``untouched`` = the release as is), then grades the same folder once per ``--jobs`` value with
-``python -m diffusion_lib course grade --restart`` (a fresh process each, as an instructor runs it) and
+``python -m diffusion_lib course grade`` into a new output folder (a fresh process each, as an instructor runs it) and
 prints, per run: the wall time, the fixed part (process start, the two releases, the sandbox probe, the
 expected test ids collected in a clean copy, the final writes: everything before the first and after the
 last submission's line), seconds per submission in between (wall time / N, so --jobs 2 counts
@@ -67,7 +67,7 @@ def grade_once(subs: Path, out: Path, repo: Path, jobs: int, sandbox: str, grade
     """One ``course grade`` process (the diffusion_lib of ``grader``); its wall time, fixed and grading
     seconds, per-step seconds and grades.csv rows."""
     command = [sys.executable, "-m", "diffusion_lib", "course", "grade", str(subs), "--output", str(out),
-               "--repo", str(repo), "--jobs", str(jobs), "--sandbox", sandbox, "--restart"]
+               "--repo", str(repo), "--jobs", str(jobs), "--sandbox", sandbox]  # a new --output: nothing to resume
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=grader, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env=dict(os.environ, PYTHONPATH=str(grader)))

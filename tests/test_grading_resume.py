@@ -97,6 +97,9 @@ def test_fingerprint_follows_the_course_and_options(tmp_path):
     first = course_fingerprint([tree], {"timeout_s": 10})
     assert course_fingerprint([tree], {"timeout_s": 10}) == first
     assert course_fingerprint([tree], {"timeout_s": 11}) != first
+    (tree / "tests/__pycache__").mkdir()  # bytecode names the folder it was compiled in: not part of the course
+    (tree / "tests/__pycache__/test_a.cpython-311.pyc").write_bytes(b"compiled in /tmp/course-grade-x")
+    assert course_fingerprint([tree], {"timeout_s": 10}) == first
     (tree / "tests/test_a.py").write_text("def test_a(): assert 0\n")
     assert course_fingerprint([tree], {"timeout_s": 10}) != first
 

@@ -31,13 +31,16 @@ MAX_STATE_BYTES = 16 * 1024 * 1024
 
 
 def tree_digest(root: Path, digest=None):
-    """sha256 over every file of ``root`` (relative path, then bytes; links as their target text), sorted.
+    """sha256 over every file of ``root`` (relative path, then bytes; links as their target text), sorted;
+    ``__pycache__`` folders are left out.
 
     Returns the hashlib object (``digest``, or a new one, updated in place)."""
     digest = digest or hashlib.sha256()
     root = Path(root)
     for path in sorted(root.rglob("*"), key=lambda p: p.relative_to(root).as_posix()):
         rel = path.relative_to(root).as_posix()
+        if "__pycache__" in rel.split("/"):
+            continue  # derived from the sources (and naming the folder they were compiled in)
         if path.is_symlink():
             digest.update(f"L {rel}\0{os.readlink(path)}\0".encode())
         elif path.is_file():
