@@ -38,7 +38,7 @@ DEFAULT_IMAGE = "diffusion-lib-student"
 IMAGE_PYTHON = "/opt/python/bin/python"
 SANDBOX_UID = 65534
 MAX_RESULT_BYTES = 8 * 1024 * 1024
-MONITOR_S = 0.2
+MONITOR_S = 0.25
 HOST_UID_BASE = 2_100_000_000  # bubblewrap run by root: each sandbox as its own unused host uid from here
 HOST_UIDS_PER_GRADER = 64
 CONTAINER_LABEL = "org.diffusion-lib.grading"
@@ -175,7 +175,27 @@ def tree_bytes(folder: Path, cap: int) -> int:
 
 
 def _process_tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants now (from /proc; a host-wide pid namespace view)."""
+    """``pid`` and all its descendants now (from /proc; a host-wide pid namespace view): through each
+    thread's ``children`` list where the kernel has it (touching only the tree), else a scan of /proc."""
+    tree, todo = [], [pid]
+    try:
+        while todo:
+            current = todo.pop()
+            tree.append(current)
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children", "rb") as handle:
+                    todo += [int(child) for child in handle.read().split()]
+        return tree
+    except FileNotFoundError:
+        if not os.path.exists(f"/proc/{pid}/task/{pid}/children") and os.path.exists(f"/proc/{pid}"):
+            return _process_tree_scan(pid)
+        return tree  # a process ended while the tree was read: the rest is counted at the next look
+    except (OSError, ValueError):
+        return tree
+
+
+def _process_tree_scan(pid: int) -> list[int]:
+    """:func:`_process_tree` by reading every process's parent from /proc (kernels without ``children``)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
