@@ -344,7 +344,8 @@ def test_students_sign_up_are_authorised_and_get_their_own_server(hub, classroom
         inspect = json.loads(hub.engine.docker("container", "inspect", f"course-{student}").stdout)[0]
         assert inspect["Config"]["Image"] == hub.images.student
         assert inspect["HostConfig"]["Memory"] == 4 * 1024 ** 3
-        assert inspect["HostConfig"]["NanoCpus"] == 2 * 10 ** 9
+        host = inspect["HostConfig"]     # DockerSpawner's cpu_limit is a CFS quota per period
+        assert host["CpuQuota"] == 2 * host["CpuPeriod"] > 0, (host["CpuQuota"], host["CpuPeriod"])
         assert inspect["HostConfig"]["CapDrop"] == ["ALL"]
         assert not inspect["HostConfig"].get("DeviceRequests"), "the CPU profile asked for a GPU"
 
