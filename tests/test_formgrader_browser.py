@@ -20,6 +20,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -106,6 +107,20 @@ def _gradebook(out: Path):
     return Gradebook(f"sqlite:///{out / 'gradebook.db'}")
 
 
+def _saved(out: Path, student: str):
+    with _gradebook(out) as gb:
+        return (gb.find_grade("analysis", "part1", ASSIGNMENT, student).manual_score,
+                gb.find_comment("analysis", "part1", ASSIGNMENT, student).manual_comment)
+
+
+def _wait_saved(out: Path, student: str, timeout_s: float = 20.0) -> None:
+    end = time.monotonic() + timeout_s
+    while _saved(out, student) != (float(SCORE), COMMENT):
+        if time.monotonic() > end:
+            pytest.fail(f"formgrader did not save the hand grade: gradebook has {_saved(out, student)}")
+        time.sleep(0.3)
+
+
 def test_layout_is_nbgraders(formgrader):
     out = formgrader["out"]
     assert "c.CourseDirectory.db_url" in (out / "nbgrader_config.py").read_text()
@@ -157,8 +172,10 @@ def test_hand_grade_in_formgrader_survives_a_regrade(formgrader):
             comment = page.locator("textarea#analysis-comment")
             comment.fill(COMMENT)
             comment.press("Tab")
-            expect(page.locator(".score-saved").first).to_be_visible(timeout=UI_TIMEOUT_MS)
-            page.wait_for_timeout(1000)
+            _wait_saved(out, "alice")  # formgrader's PUTs reached gradebook.db
+            page.reload()  # what the instructor sees when coming back
+            expect(page.locator("input.score#analysis")).to_have_value(SCORE, timeout=UI_TIMEOUT_MS)
+            expect(page.locator("textarea#analysis-comment")).to_have_value(COMMENT, timeout=UI_TIMEOUT_MS)
             page.screenshot(path=str(SHOTS / "3-hand-grade-entered.png"), full_page=True)
 
             page.goto(f"{url}/formgrader/submissions/{mallory}/", timeout=UI_TIMEOUT_MS)
