@@ -159,6 +159,7 @@ def test_layout_replaces_planted_links_and_keeps_other_students(tmp_path):
     assert library["cells"][0]["metadata"]["nbgrader"]["grade_id"] == "task_1"
     assert "c.HTMLExporter.sanitize_html = True" in (out / "nbgrader_config.py").read_text()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary folder left
+    assert "model answer" not in (out / "source" / "coursework" / "part1.ipynb").read_text()  # the release's
 
 
 def test_hand_in_time_follows_no_link(tmp_path):

@@ -3,7 +3,9 @@
 ``course grade`` writes, next to gradebook.db (nbgrader's own layout, one assignment)::
 
     nbgrader_config.py                        course id, the gradebook's url, sanitized HTML
-    source/<assignment>/<notebook>.ipynb      the instructor's notebooks
+    source/<assignment>/<notebook>.ipynb      the released notebooks (formgrader needs the folder; the
+                                              instructor's, with solutions, stay in the repository, so
+                                              the grading folder holds no solution or hidden test)
     release/<assignment>/<notebook>.ipynb     what the students got
     submitted/<student>/<assignment>/         the student's notebooks + timestamp.txt (hand-in time)
     autograded/<student>/<assignment>/        what formgrader renders: library.ipynb (one read-only cell
@@ -237,7 +239,8 @@ def _swap(new: Path, target: Path) -> None:
 def write_course_layout(out: Path, course, assignment: str, sources: dict[str, dict], released: dict[str, dict],
                         submissions, status_line) -> None:
     """Write nbgrader's course layout for ``submissions`` under the grading folder ``out`` (see the module
-    docstring). Other students' folders are kept (a partial re-grade); source/ and release/ are rewritten.
+    docstring). Other students' folders are kept (a partial re-grade); source/ and release/ are rewritten
+    (both from ``released``: the grading folder holds no solution).
 
     Args:
         sources, released: notebook stem -> the instructor's and the released notebook JSON.
@@ -254,7 +257,7 @@ def write_course_layout(out: Path, course, assignment: str, sources: dict[str, d
         _write(work / "nbgrader_config.py", config_text(course.raw.get("course_id") or assignment,
                                                         out / "gradebook.db"))
         os.replace(work / "nbgrader_config.py", out / "nbgrader_config.py")
-        for kind, notebooks in (("source", sources), ("release", released)):
+        for kind, notebooks in (("source", released), ("release", released)):  # no solution in the output
             for stem, nb in notebooks.items():
                 _write(work / kind / assignment / f"{stem}.ipynb", nb)
             _write(work / kind / assignment / f"{LIBRARY_NOTEBOOK}.ipynb", library_notebook(course, None, ""))
