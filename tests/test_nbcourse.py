@@ -170,3 +170,26 @@ def test_hand_in_time_follows_no_link(tmp_path):
     (tmp_path / "link.tar.gz").symlink_to(archive)
     assert nbcourse.hand_in_time(tmp_path / "link.tar.gz") == ""
     assert nbcourse.hand_in_time(tmp_path / "missing") == ""
+
+
+def test_an_older_gradebook_gets_its_comment_rows_and_keeps_hand_grades(tmp_path):
+    from nbgrader.api import Gradebook
+
+    from diffusion_lib.course.gradebook import write_gradebook
+
+    db = tmp_path / "gradebook.db"
+    layout = gradebook_layout(COURSE, {"part1": SOURCE})
+    old = type(layout)(layout)  # as the grader wrote it before: no solution cells, so no comment rows
+    write_gradebook(db, "coursework", old, [Submission("s1", "s1.tar.gz")])
+    with Gradebook(f"sqlite:///{db}") as gb:
+        gb.find_grade("analysis", "part1", "coursework", "s1").manual_score = 0.3
+        gb.db.commit()
+    sub = Submission("s1", "s1.tar.gz", timestamp="2026-09-21 14:13:20.000000 UTC")
+    write_gradebook(db, "coursework", layout, [sub])
+    with Gradebook(f"sqlite:///{db}") as gb:
+        assert gb.find_comment("analysis", "part1", "coursework", "s1").manual_comment is None
+        assert gb.find_grade("analysis", "part1", "coursework", "s1").manual_score == pytest.approx(0.3)
+        assert gb.find_submission("coursework", "s1").timestamp.isoformat().startswith("2026-09-21T14:13:20")
+    assert sub.hand[("part1", "analysis")] == (pytest.approx(0.3), "")
+    from diffusion_lib.course.gradebook import totals
+    assert totals(sub, layout)[1:3] == (pytest.approx(0.3), 0)
