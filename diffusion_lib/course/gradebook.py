@@ -283,7 +283,9 @@ def _cut(text: str, limit: int = MAX_ANNOTATION) -> str:
 
 def feedback(sub: Submission, course: Course, layout, reveal: bool = False) -> str:
     """The student's feedback (Markdown). Reference annotations appear only when ``reveal``; every
-    annotation and code cell of the table is cut to MAX_ANNOTATION characters."""
+    annotation and code cell of the table is cut to MAX_ANNOTATION characters. Each written answer
+    (``answer_cells``) is quoted under its task in an inert fenced block (:func:`.nbcourse.quote`), with
+    its hand score and the grader's comment from ``sub.hand``."""
     lines = [f"# Feedback: {sub.student}", "", f"Status: **{sub.status}**" + (f" ({sub.note})" if sub.note else ""), ""]
     if sub.flagged:
         lines += [f"**Flagged for review** (autograded scores are 0 until a person clears it): {sub.flagged}", ""]
@@ -301,7 +303,7 @@ def feedback(sub: Submission, course: Course, layout, reveal: bool = False) -> s
             stem = Path(task.notebook).stem
             score, comment = sub.hand.get((stem, cell), (None, ""))
             graded = "not graded yet" if score is None else fmt(score)
-            lines += ["" if notes else "", f"Your answer (`{cell}` in {task.notebook}), graded by hand: "
+            lines += ([""] if lines[-1] else []) + [f"Your answer (`{cell}` in {task.notebook}), graded by hand: "
                       f"{graded} / {fmt(maxima.get((stem, cell), task.manual_points))}", ""]
             lines += quote(answer_text(sub.notebooks.get(stem), cell))
             if comment:
