@@ -37,10 +37,11 @@ from pathlib import Path
 
 from . import annotations as ann
 from . import markers
-from .gradebook import (LIBRARY_NOTEBOOK, STATUS_CELL, Submission, feedback, gradebook_layout, write_gradebook,
-                        write_grades_csv, write_private)
+from .gradebook import (LIBRARY_NOTEBOOK, STATUS_CELL, Submission, feedback, gradebook_layout, status_line,
+                        write_gradebook, write_grades_csv, write_private)
 from .intake import accepted, extract_archive, list_submissions, sanitize, student_id  # noqa: F401 (re-exported)
 from .judge import Redactor, hidden_test_names, judge_tests, scan_submission, secret_lines
+from .nbcourse import hand_in_time, read_notebooks, write_course_layout
 from .nbgrading import has_autograded_cells, merge_instructor_cells, nb_cells, score_cells
 from .release import is_nbgrader_notebook, release
 from .resume import StateStore, archive_sha256, course_fingerprint
@@ -207,6 +208,7 @@ class _Run:
             os.chmod(target, 0o644)
             if rel.endswith((".py", ".ipynb")):
                 used[rel] = (extract_dir / rel).read_text(encoding="utf-8", errors="replace")
+        sub.notebooks = read_notebooks(overlay, self.notebooks)
         baseline = {rel: (self.student_release / rel).read_text(encoding="utf-8", errors="replace")
                     for rel in used if (self.student_release / rel).is_file()}
         reasons = scan_submission(used, baseline)
@@ -334,7 +336,7 @@ def grade(submissions_dir: str | Path, output_dir: str | Path, repo_root: str | 
     are left as they were, and the next run resumes.
 
     Writes ``output_dir``/gradebook.db (nbgrader; hand grades kept), grades.csv (students not graded in
-    this run kept) and feedback/<student>.md.
+    this run kept), feedback/<student>.md and nbgrader's course layout for formgrader (:mod:`.nbcourse`).
 
     Raises:
         FileNotFoundError: no submissions folder. ValueError: a bad limit, sandbox kind or jobs.
@@ -389,7 +391,7 @@ def grade(submissions_dir: str | Path, output_dir: str | Path, repo_root: str | 
             reference=run.reference)
         todo = []
         for sid, path, error in list_submissions(submissions_dir):
-            sub = Submission(sid, path.name)
+            sub = Submission(sid, path.name, timestamp=hand_in_time(path))
             if error:
                 sub.status, sub.note = "rejected", error
             submissions.append(sub)
@@ -440,6 +442,8 @@ def grade(submissions_dir: str | Path, output_dir: str | Path, repo_root: str | 
         else:
             submissions = [one(item) for item in todo]
         layout = run.layout
+        released = {Path(rel).stem: json.loads((run.student_release / rel).read_text(encoding="utf-8"))
+                    for rel in run.notebooks}
     except BaseException:
         box.stop_all()  # running sandboxes are killed, new ones refused, so the workers end quickly
         if pool is not None:
@@ -461,6 +465,8 @@ def grade(submissions_dir: str | Path, output_dir: str | Path, repo_root: str | 
         rows = write_grades_csv(output_dir / "grades.csv", course, layout, submissions)
         for sub in submissions:
             write_private(output_dir / "feedback" / f"{sub.student}.md", feedback(sub, course, layout, reveal))
+        write_course_layout(output_dir, course, assignment, {Path(r).stem: nb for r, nb in run.notebooks.items()},
+                            released, submissions, status_line)
     finally:
         if main_thread:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, held)

@@ -86,6 +86,7 @@ def to_dict(sub: Submission) -> dict:
     are left out (a state file is no place for a secret): :func:`from_dict` takes them from the host's."""
     data = dataclasses.asdict(sub)
     data["cell_scores"] = [[nb, cell, score] for (nb, cell), score in sub.cell_scores.items()]
+    del data["hand"], data["extra_credit"]   # the gradebook's (formgrader's), read back on every run
     for line in data["annotation_lines"]:
         line["reference_annotation"] = ""
     return data
