@@ -1,7 +1,10 @@
 """Homework 1: the student's schedule (diffusion_lib/homework_schedules.py, registered as "homework").
 
 Public checks run with `python -m diffusion_lib course check`; the grader adds hidden ones.
-The structure measurement is the one notebook 02 plots (diffusion_lib.experiments.forward).
+The structure measurement is the one notebook 02 plots (diffusion_lib.experiments.forward), computed
+exactly: corr(x_0, x_t) = sqrt(a) s / sqrt(a s^2 + 1 - a) with a = alpha_bar_t, s = std of the digits.
+Your schedule must keep it >= 0.1 strictly longer than every schedule the library registers (returning
+one of them, or a trivial reparametrisation, scores nothing on that check).
 """
 
 import numpy as np
@@ -38,26 +41,25 @@ def test_registered_as_homework():
     assert torch.allclose(schedule.betas.double(), torch.as_tensor(_betas(T)).float().double())
 
 
-def _horizon(names: tuple[str, ...], num_train_timesteps: int = T) -> dict[str, int]:
-    """Per schedule, the first t where corr(x_0, x_t) < 0.1 on the digits (T when never on the grid)."""
-    from diffusion_lib.data import load_dataset
-    from diffusion_lib.experiments.forward import structure_horizon, structure_table, timestep_grid
+def _horizons(num_train_timesteps: int = T) -> dict[str, int]:
+    """Per schedule, the first t where corr(x_0, x_t) < 0.1 on the digits, computed exactly (no sampling)."""
+    from diffusion_lib.experiments.forward import data_std, exact_structure_horizon, library_schedules
 
-    pixels = load_dataset("digits").pixels[:128]
-    x0 = pixels.permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    schedules = {name: NoiseSchedule(name, num_train_timesteps) for name in names}
-    table = structure_table(schedules, x0, timesteps=timestep_grid(num_train_timesteps, 30), seed=0)
-    horizon = structure_horizon(table)["correlation"]
-    return {name: num_train_timesteps if horizon.isna()[name] else int(horizon[name]) for name in names}
+    std = data_std("digits")
+    return {name: exact_structure_horizon(NoiseSchedule(name, num_train_timesteps).alphas_cumprod, std)
+            for name in library_schedules() + ["homework"]}
 
 
-def test_keeps_structure_longer_than_linear():
-    horizon = _horizon(("linear", "homework"))
-    assert horizon["homework"] > horizon["linear"], (
-        f"correlation(x_0, x_t) falls below 0.1 at t = {horizon['homework']} with your schedule, "
-        f"at t = {horizon['linear']} with the linear one: it must keep the structure longer")
+def test_keeps_structure_longer_than_every_registered_schedule():
+    horizon = _horizons()
+    others = {name: h for name, h in horizon.items() if name != "homework"}
+    best = max(others, key=others.get)
+    assert horizon["homework"] > others[best], (
+        f"expected your schedule to keep corr(x_0, x_t) >= 0.1 longer than every registered schedule: "
+        f"it falls below 0.1 at t = {horizon['homework']}, the best registered one ({best!r}) at "
+        f"t = {others[best]} (all: {others})")
 
-### BEGIN HIDDEN TESTS
+### BEGIN HIDDEN TESTS [lengths]
 @pytest.mark.parametrize("num_train_timesteps", [1, 10, 50, 4000])
 def test_valid_for_every_length(num_train_timesteps):
     betas = _betas(num_train_timesteps)

@@ -51,7 +51,13 @@ def test_labels_change_the_output():
         b = model(x, t, torch.full((4,), 7, dtype=torch.long))
     assert not torch.allclose(a, b, atol=1e-6), "the output does not depend on the labels y"
 
-### BEGIN HIDDEN TESTS
+def test_config_records_num_classes():
+    model = _model()
+    got = model.config.get("num_classes")
+    assert got == K, (f"expected model.config['num_classes'] == {K} (checkpoints rebuild the model from "
+                      f"model.config with build_unet), got {got!r}")
+
+### BEGIN HIDDEN TESTS [null-label]
 def test_none_means_the_null_label():
     model = _model()
     x, t = _inputs()
@@ -72,7 +78,9 @@ def test_each_sample_sees_its_own_label():
         swapped = model(x, t, torch.tensor([1, 2, 3, 5]))
     assert torch.allclose(batch, alone, atol=1e-5), "a sample's output must not depend on other samples' labels"
     assert torch.allclose(batch[:3], swapped[:3], atol=1e-5) and not torch.allclose(batch[3], swapped[3], atol=1e-6)
+### END HIDDEN TESTS
 
+### BEGIN HIDDEN TESTS [parameters]
 
 def test_keeps_every_unet_parameter_and_learns_the_labels():
     torch.manual_seed(0)
@@ -85,7 +93,9 @@ def test_keeps_every_unet_parameter_and_learns_the_labels():
     new = [p for name, p in model.named_parameters() if name not in unet_keys]
     assert new and all(p.grad is not None and p.grad.abs().sum() > 0 for p in new), (
         "the new (label) parameters must receive gradients")
+### END HIDDEN TESTS
 
+### BEGIN HIDDEN TESTS [rebuild]
 
 def test_rebuilds_from_its_config_and_checks_labels():
     from diffusion_lib.models import build_unet

@@ -130,7 +130,7 @@ def test_guided_samples_show_their_class(trained):
     assert accuracy >= MIN_GUIDED_ACCURACY, (
         f"class accuracy of guided samples (w = {GUIDANCE}) is {accuracy:.2f}; expected >= {MIN_GUIDED_ACCURACY}")
 
-### BEGIN HIDDEN TESTS
+### BEGIN HIDDEN TESTS [unconditional]
 class _ReferenceConditionalUNet(__import__("diffusion_lib.models", fromlist=["UNet"]).UNet):
     """The instructor's conditional UNet, so that this task's grade does not depend on task 3.2a."""
 
@@ -153,7 +153,9 @@ def test_unconditional_branch_ignores_the_labels(trained):
     accuracy = _accuracy(trained, 0.0)
     assert accuracy <= MAX_UNCONDITIONAL_ACCURACY, (
         f"w = 0 must sample unconditionally (null label); its class accuracy {accuracy:.2f} is above chance")
+### END HIDDEN TESTS
 
+### BEGIN HIDDEN TESTS [edges]
 
 def test_guidance_scales_and_dropout_edges():
     g = torch.Generator().manual_seed(3)

@@ -43,6 +43,7 @@ from .judge import Redactor, hidden_test_names, judge_tests, scan_submission, se
 from .nbgrading import has_autograded_cells, merge_instructor_cells, nb_cells, score_cells
 from .release import is_nbgrader_notebook, release
 from .sandbox import DEFAULT_IMAGE, Limits, Sandbox, SandboxError, choose_sandbox
+from .scoring import assign_checks, hidden_tests_by_check, score_task
 from .tasks import Course, load_course
 
 __all__ = ["grade", "sandbox_available", "LIBRARY_NOTEBOOK", "STATUS_CELL", "Submission"]
@@ -109,6 +110,35 @@ class _Run:
                     if isinstance(line, dict) and line.get("annotation")]
         self.redact = Redactor(self.hidden, secrets)
         self.expected = {task.id: self._collect(task) for task in course.tasks if task.autograded and task.tests}
+        self.owners = {tid: assign_checks(course.task(tid), ids, hidden_tests_by_check(repo, course.task(tid).tests))
+                       for tid, ids in self.expected.items()}
+        import secrets as _secrets
+        self.probe_seed = _secrets.randbits(32)  # the hidden inputs of host checks, new every run
+
+    def host_checks(self, sub: Submission, task, overlay: Path) -> tuple[dict, bool, list[str]]:
+        """Run each host check of ``task`` (:mod:`.host_checks`): the sandbox computes, the host decides.
+        Returns (check id -> (passed, note), timed out, outside-write lines)."""
+        from .host_checks import decide, make_spec
+
+        decided, timed_out, outside = {}, False, []
+        for check in task.checks:
+            if not check.host:
+                continue
+            spec = make_spec(check.host, self.probe_seed)
+            copy = self._copy_for(overlay, f"{sub.student}-{task.id}-probe")
+            try:
+                result = self.sandbox.run({"kind": "probe", "probe": spec, "timeout_s": self.limits.timeout_s},
+                                          copy, self.support, self.work / "out", self.limits)
+            except SandboxError as error:
+                result = {}
+                self._log(sub, f"{task.id} probe", error)
+            finally:
+                shutil.rmtree(copy, ignore_errors=True)
+            timed_out |= bool(result.get("timed_out"))
+            outside += [str(x) for x in result.get("outside", []) if isinstance(x, str)]
+            ok, note = decide(check.host, spec, result) if result else (False, "no result came back from the sandbox")
+            decided[check.id] = (ok, self.redact(note))
+        return decided, timed_out, outside
 
     def _copy_for(self, overlay: Path, name: str, task_tests=()) -> Path:
         """A fresh working copy of ``overlay`` with ``task_tests`` laid in from the instructor's tests."""
@@ -197,6 +227,7 @@ class _Run:
                 continue
             notes: list[str] = []
             score = 0.0
+            verdict = None
             if task.tests:
                 copy = self._copy_for(overlay, f"{sub.student}-{task.id}", task.tests)
                 try:
@@ -215,7 +246,11 @@ class _Run:
                     verdict = judge_tests(self.expected[task.id], result, self.hidden, self.redact, self.reveal,
                                           self.limits.timeout_s)
                     notes += verdict.notes
-                    score = task.auto_points if verdict.ok else 0.0
+                host, host_timed_out, host_outside = self.host_checks(sub, task, overlay)
+                timed_out |= host_timed_out
+                outside += host_outside
+                score, lines = score_task(task, self.owners[task.id], verdict, host)
+                notes += lines
             if task.annotation:
                 keys = {k for k in self.reference if k.split("::", 1)[0] in task.files}
                 scores = ann.score_annotations({k: self.reference[k] for k in keys}, overlay)

@@ -190,6 +190,38 @@ def run_pytest_job(job: dict, work: str, env: dict) -> dict:
             "output_tail": out.decode("utf-8", "replace")[-MAX_TAIL:], "outside": _outside_log(env)}
 
 
+MAX_PROBE_BYTES = 2 << 20
+
+
+def run_probe_job(job: dict, work: str, env: dict) -> dict:
+    """Run the host-check probe (``_course_probe``, see probe.py) on the job's ``probe`` spec in ``work``;
+    its raw output (at most MAX_PROBE_BYTES, else ``probe_oversized``) goes back for the host to parse."""
+    out_path = os.path.join(env["TMPDIR"], ".probe-" + secrets.token_hex(8))
+    out_fd = os.open(out_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    os.unlink(out_path)
+    env = dict(env, COURSE_PROBE_FD=str(out_fd))
+    command = [sys.executable, "-P", "-m", "_course_probe"]
+    timeout = float(job.get("timeout_s", 300))
+    process = subprocess.Popen(command, cwd=work, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_limits(job),
+                               pass_fds=(out_fd,))
+    timed_out = False
+    try:
+        out, _ = process.communicate(json.dumps(job["probe"]).encode("utf-8"), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        _kill_rest({}, process.pid)
+        out, _ = process.communicate()
+    _kill_rest(job, process.pid)
+    os.lseek(out_fd, 0, os.SEEK_SET)
+    data = os.read(out_fd, MAX_PROBE_BYTES + 1)
+    os.close(out_fd)
+    return {"probe_output": data[:MAX_PROBE_BYTES].decode("utf-8", "replace"),
+            "probe_oversized": len(data) > MAX_PROBE_BYTES, "returncode": process.returncode,
+            "timed_out": timed_out, "output_tail": out.decode("utf-8", "replace")[-MAX_TAIL:],
+            "outside": _outside_log(env)}
+
+
 class _WallTime(Exception):
     pass
 
@@ -269,8 +301,10 @@ def main() -> int:
         result = run_pytest_job(job, work, env)
     elif job["kind"] == "notebook":
         result = run_notebook_job(job, work, env)
+    elif job["kind"] == "probe":
+        result = run_probe_job(job, work, env)
     else:
-        raise ValueError(f"unknown job kind {job['kind']!r}; accepted: pytest, collect, notebook")
+        raise ValueError(f"unknown job kind {job['kind']!r}; accepted: pytest, collect, notebook, probe")
     result.update(nonce=job["nonce"], kind=job["kind"])
     write_result(job["out"], result)
     if not job.get("pid_namespace"):
