@@ -251,3 +251,23 @@ def test_guidance_answers_of_the_wrong_shape_fail():
                           (dict(good, extra=[]), "expected exactly")):
         ok, note = host_checks.decide("guidance", spec, {"probe_output": json.dumps(bad)})
         assert not ok and expected in note, note
+
+
+def test_public_failures_say_what_was_expected_and_what_came_out(wrong_copy):
+    """The public tests on wrong answers: every failure message holds 'expected' and 'got'."""
+    from diffusion_lib.course.markers import strip_regions
+
+    tests = wrong_copy / "coursework/tests"
+    tests.mkdir(parents=True, exist_ok=True)
+    for name in ("test_part1.py", "test_part3b.py"):
+        (tests / name).write_text(strip_regions((REPO / "coursework/tests" / name).read_text(), solutions=False))
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rf", "--tb=no",
+                          "-k", "structure or formula or guided_prediction", "coursework/tests"],
+                         cwd=wrong_copy, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, PYTHONPATH=str(wrong_copy), COLUMNS="4000"))
+    failures = [line for line in run.stdout.splitlines() if line.startswith("FAILED")]
+    assert len(failures) == 3, run.stdout[-3000:]
+    for line in failures:
+        assert "expected" in line and "got" in line, line
+    assert any("w = 0.0: expected eps_u (the unconditional output), max abs err <= 1e-6, got" in l for l in failures)
+    assert any("after t = 982 (the best registered one, 'jsd'); got t = 914 with yours" in l for l in failures)

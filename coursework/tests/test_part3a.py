@@ -30,17 +30,20 @@ def _inputs(batch: int = 4):
 
 def test_is_a_new_class_that_subclasses_unet():
     assert issubclass(ConditionalUNet, UNet) and ConditionalUNet is not UNet, (
-        "ConditionalUNet must be a new class that subclasses UNet (not a rewrite of UNet)")
+        "expected ConditionalUNet to be a new class that subclasses UNet (not a rewrite of UNet), got bases "
+        f"{[b.__name__ for b in ConditionalUNet.__mro__[1:]]}")
 
 
 def test_null_label_and_shapes():
     model = _model()
-    assert model.num_classes == K and model.null_label == K, "label num_classes is the null label"
-    assert is_conditional(model)
+    got = (getattr(model, "num_classes", None), getattr(model, "null_label", None))
+    assert got == (K, K), f"expected num_classes = null_label = {K} (label num_classes is the null label), got {got}"
+    assert is_conditional(model), "expected is_conditional(model) to be True for a ConditionalUNet, got False"
     x, t = _inputs()
     with torch.no_grad():
         out = model(x, t, torch.tensor([0, 3, 9, K]))
-    assert out.shape == x.shape and out.dtype == torch.float32
+    assert out.shape == x.shape and out.dtype == torch.float32, (
+        f"expected an output of shape {tuple(x.shape)} and dtype float32, got {tuple(out.shape)} {out.dtype}")
 
 
 def test_labels_change_the_output():
@@ -49,7 +52,9 @@ def test_labels_change_the_output():
     with torch.no_grad():
         a = model(x, t, torch.zeros(4, dtype=torch.long))
         b = model(x, t, torch.full((4,), 7, dtype=torch.long))
-    assert not torch.allclose(a, b, atol=1e-6), "the output does not depend on the labels y"
+    assert not torch.allclose(a, b, atol=1e-6), (
+        "expected different outputs for labels 0 and 7, got max abs diff "
+        f"{float((a - b).abs().max()):.3g} (the output does not depend on the labels y)")
 
 def test_config_records_num_classes():
     model = _model()
