@@ -1,7 +1,8 @@
 """Per-check points (tasks.yaml ``checks``) and the checks the host decides on data (host_checks.py).
 
-Fast: no sandbox. The probe runs as a plain subprocess on this repository's instructor solutions (and
-on a copy with wrong answers); grading with a real sandbox is proven in test_coursework.py.
+Instructor-only (it names hidden tests; listed in tasks.yaml instructor_only). Fast: no sandbox. The probe
+runs as a plain subprocess on this repository's instructor solutions (and on a copy with wrong answers);
+grading with a real sandbox is proven in test_coursework.py.
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ from .judge import Redactor, hidden_test_names, judge_tests, scan_submission, se
 from .nbgrading import has_autograded_cells, merge_instructor_cells, nb_cells, score_cells
 from .release import is_nbgrader_notebook, release
 from .sandbox import DEFAULT_IMAGE, Limits, Sandbox, SandboxError, choose_sandbox
+from .host_checks import run_host_checks
 from .scoring import assign_checks, hidden_tests_by_check, score_task
 from .tasks import Course, load_course
 
@@ -114,31 +115,6 @@ class _Run:
                        for tid, ids in self.expected.items()}
         import secrets as _secrets
         self.probe_seed = _secrets.randbits(32)  # the hidden inputs of host checks, new every run
-
-    def host_checks(self, sub: Submission, task, overlay: Path) -> tuple[dict, bool, list[str]]:
-        """Run each host check of ``task`` (:mod:`.host_checks`): the sandbox computes, the host decides.
-        Returns (check id -> (passed, note), timed out, outside-write lines)."""
-        from .host_checks import decide, make_spec
-
-        decided, timed_out, outside = {}, False, []
-        for check in task.checks:
-            if not check.host:
-                continue
-            spec = make_spec(check.host, self.probe_seed)
-            copy = self._copy_for(overlay, f"{sub.student}-{task.id}-probe")
-            try:
-                result = self.sandbox.run({"kind": "probe", "probe": spec, "timeout_s": self.limits.timeout_s},
-                                          copy, self.support, self.work / "out", self.limits)
-            except SandboxError as error:
-                result = {}
-                self._log(sub, f"{task.id} probe", error)
-            finally:
-                shutil.rmtree(copy, ignore_errors=True)
-            timed_out |= bool(result.get("timed_out"))
-            outside += [str(x) for x in result.get("outside", []) if isinstance(x, str)]
-            ok, note = decide(check.host, spec, result) if result else (False, "no result came back from the sandbox")
-            decided[check.id] = (ok, self.redact(note))
-        return decided, timed_out, outside
 
     def _copy_for(self, overlay: Path, name: str, task_tests=()) -> Path:
         """A fresh working copy of ``overlay`` with ``task_tests`` laid in from the instructor's tests."""
@@ -246,7 +222,7 @@ class _Run:
                     verdict = judge_tests(self.expected[task.id], result, self.hidden, self.redact, self.reveal,
                                           self.limits.timeout_s)
                     notes += verdict.notes
-                host, host_timed_out, host_outside = self.host_checks(sub, task, overlay)
+                host, host_timed_out, host_outside = run_host_checks(self, sub, task, overlay)
                 timed_out |= host_timed_out
                 outside += host_outside
                 score, lines = score_task(task, self.owners[task.id], verdict, host)

@@ -182,3 +182,35 @@ def decide(kind: str, spec: dict, result: dict) -> tuple[bool, str]:
         return False, f"unknown host check {kind!r}"
     except ProbeError as error:
         return False, str(error)
+
+
+def run_host_checks(run, sub, task, overlay) -> tuple[dict, bool, list[str]]:
+    """Run each host check of ``task`` for one submission: a fresh copy of its ``overlay`` goes into the
+    grade run's sandbox (``run``: :class:`~.grade._Run`) with the probe's spec, and the host decides here.
+
+    Returns:
+        (check id -> (passed, redacted note), whether a probe hit the time limit, outside-write lines).
+    """
+    import shutil
+
+    from .sandbox import SandboxError
+
+    decided, timed_out, outside = {}, False, []
+    for check in task.checks:
+        if not check.host:
+            continue
+        spec = make_spec(check.host, run.probe_seed)
+        copy = run._copy_for(overlay, f"{sub.student}-{task.id}-probe")
+        try:
+            result = run.sandbox.run({"kind": "probe", "probe": spec, "timeout_s": run.limits.timeout_s},
+                                     copy, run.support, run.work / "out", run.limits)
+        except SandboxError as error:
+            result = {}
+            run._log(sub, f"{task.id} probe", error)
+        finally:
+            shutil.rmtree(copy, ignore_errors=True)
+        timed_out |= bool(result.get("timed_out"))
+        outside += [str(x) for x in result.get("outside", []) if isinstance(x, str)]
+        ok, note = decide(check.host, spec, result) if result else (False, "no result came back from the sandbox")
+        decided[check.id] = (ok, run.redact(note))
+    return decided, timed_out, outside

@@ -2,7 +2,7 @@
 
 A task of ``coursework/tasks.yaml`` lists its ``checks`` (see :class:`~.tasks.Check`). A public check
 names its test functions (or classes); a hidden check owns the tests defined in the instructor's
-hidden-test regions labelled with its id (``### BEGIN HIDDEN TESTS [id]``), so the release, which strips
+hidden-test regions labelled with its id (the begin marker followed by ``[id]``), so the release, which strips
 those regions, carries only the check's id, points and one-line description. Every collected test id
 must belong to exactly one check, else grading refuses to start (an instructor's error, named).
 
