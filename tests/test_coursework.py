@@ -201,9 +201,10 @@ def test_solutions_score_full_marks(graded):
 
 def test_wrong_answers_lose_exactly_their_checks(graded):
     row = graded["rows"]["wrong"]
-    # 3.2a ignores its labels: it keeps only the config and rebuild checks; 3.2b's wrong w keeps the
-    # dropout and sample checks; the schedule that reaches 1 fails every check of Task 1
-    assert {k: row[k] for k in AUTOGRADED} == FULL | {"task_1": "0.00", "task_3.2a": "0.15", "task_3.2b": "0.30"}
+    # 3.2a ignores its labels: it keeps only the config and rebuild checks; 3.2b's wrong w keeps the dropout,
+    # samples and unconditional checks (w = 0 and w = 3 still sample as they should); the schedule that
+    # reaches 1 fails every check of Task 1
+    assert {k: row[k] for k in AUTOGRADED} == FULL | {"task_1": "0.00", "task_3.2a": "0.15", "task_3.2b": "0.40"}
     feedback = (graded["out"] / "feedback/wrong.md").read_text()
     for check in ("test_part1.py::test_betas_strictly_inside_0_1",
                   "test_part3a.py::test_labels_change_the_output",
