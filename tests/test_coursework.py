@@ -238,5 +238,6 @@ def test_gradebook_holds_the_scores(graded):
     with Gradebook(f"sqlite:///{graded['out'] / 'gradebook.db'}") as gb:
         assert gb.find_submission("coursework", "solved").score == pytest.approx(2.75)
         assert gb.find_submission("coursework", "untouched").score == 0
-        assert gb.find_grade("task_3.2b", "library", "coursework", "wrong").score == 0
+        assert gb.find_grade("task_1", "library", "coursework", "wrong").score == 0
+        assert gb.find_grade("task_3.2b", "library", "coursework", "wrong").score == pytest.approx(0.4)
         assert gb.find_grade("p3d_compare", "part3_guidance", "coursework", "solved").max_score == 0.5
