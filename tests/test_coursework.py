@@ -197,6 +197,7 @@ def test_solutions_score_full_marks(graded):
     assert annotated and annotated.group(1) == annotated.group(2)
     assert "| p1_analysis |  | 0.50 | by hand |" in feedback  # manual cells listed for hand grading
     assert "outside its folder" not in row["note"]
+    assert "check (decided by the grader) `samples` (0.2 of 0.2 points)" in feedback
 
 
 def test_wrong_answers_lose_exactly_their_checks(graded):
@@ -225,9 +226,11 @@ def test_cosine_verbatim_earns_nothing_on_the_horizon(graded):
 def test_forged_pytest_passes_do_not_earn_the_host_checks(graded):
     row = graded["rows"]["forged"]
     assert row["flagged"].startswith("cleared by the instructor"), row["flagged"]
-    # every test "passed"; the horizon (0.7) and the guidance (0.25) checks are decided on data
-    assert {k: row[k] for k in ("task_1", "task_3.2b")} == {"task_1": "0.30", "task_3.2b": "0.50"}
+    # every test "passed"; the horizon (0.7), guidance (0.25) and samples (0.2) checks are decided on data
+    # (the forged measurement never sampled, so no samples reached the host)
+    assert {k: row[k] for k in ("task_1", "task_3.2b")} == {"task_1": "0.30", "task_3.2b": "0.30"}
     feedback = (graded["out"] / "feedback/forged.md").read_text()
+    assert "grader's check: no samples came back" in feedback
     assert "grader's check: expected the structure horizon" in feedback
     assert "grader's check: classifier_free_guidance at w = 0.0: expected u + w (c - u)" in feedback
 

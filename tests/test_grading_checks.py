@@ -41,7 +41,7 @@ GOOD = {"id": "a", "tests": ["test_a"], "points": 1.0}
     ([GOOD | {"points": 0.5}], "add up to 0.5"),
     ([GOOD | {"points": -1}], "points must be a number >= 0; got -1"),
     ([GOOD | {"points": True}], "points must be a number"),
-    ([GOOD | {"host": "magic"}], "host 'magic' is not a host check; accepted: ['schedule', 'guidance']"),
+    ([GOOD | {"host": "magic"}], "host 'magic' is not a host check; accepted: ['schedule', 'guidance', 'samples']"),
     ([GOOD | {"hidden": True}], "a hidden check names no tests"),
     ([{"id": "a", "hidden": True, "points": 1.0}], "needs a public one-line description"),
     ([{"id": "a", "points": 1.0}], "needs tests, hidden: true or a host check"),
@@ -272,3 +272,60 @@ def test_public_failures_say_what_was_expected_and_what_came_out(wrong_copy):
         assert "expected" in line and "got" in line, line
     assert any("w = 0.0: expected eps_u (the unconditional output), max abs err <= 1e-6, got" in l for l in failures)
     assert any("after t = 982 (the best registered one, 'jsd'); got t = 914 with yours" in l for l in failures)
+
+
+# ---- 3.2b's samples, handed over by the task's measurement and judged by the host ----
+
+def _digits_uint8(noise: float = 0.0, seed: int = 0):
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng(seed)
+    pick = np.concatenate([np.nonzero(digits.target == k)[0][:10] for k in range(10)])
+    images = digits.data[pick] * 255.0 / 16.0 + rng.uniform(-noise, noise, (len(pick), 64))
+    return digits.target[pick].tolist(), np.clip(np.round(images), 0, 255).astype(int)
+
+
+def _samples_line(labels, images, w=3.0, **extra) -> str:
+    return json.dumps({"kind": "samples", "w": w, "labels": list(labels), "images": np.asarray(images).tolist(),
+                       **extra})
+
+
+def _decide_samples(raw: str):
+    return host_checks.decide("samples", {}, {"data_output": raw})
+
+
+def test_recognisable_new_samples_pass():
+    labels, images = _digits_uint8(noise=40)
+    ok, note = _decide_samples(_samples_line(labels, images) + "\n" + _samples_line(labels, images, w=0.0))
+    assert ok, note
+
+
+def test_copies_of_training_digits_fail():
+    labels, images = _digits_uint8()
+    ok, note = _decide_samples(_samples_line(labels, images))
+    assert not ok and "within 2 of a training digit, got 100%" in note, note
+
+
+def test_unrecognisable_samples_fail():
+    labels, _ = _digits_uint8()
+    noise = np.random.default_rng(0).integers(0, 256, (len(labels), 64))
+    ok, note = _decide_samples(_samples_line(labels, noise))
+    assert not ok and "expected the grader's classifier to recognise >= 0.8" in note, note
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda l, i: _samples_line(l, i, extra=1), "expected exactly"),
+    (lambda l, i: _samples_line(l, i) + "\n" + _samples_line(l, i), "exactly one set of samples at w = 3, got 2"),
+    (lambda l, i: _samples_line(l, i, w=2.0), "got 0"),
+    (lambda l, i: _samples_line(l, np.asarray(i) + 300), "pixels must be integers in [0, 255]"),
+    (lambda l, i: _samples_line([10] * len(l), i), "labels must be integers in [0, 10)"),
+    (lambda l, i: _samples_line(l, np.asarray(i)[:, :63]), "expected 64 numbers, got 63 values"),
+    (lambda l, i: _samples_line(l[:5], i), "as many images"),
+    (lambda l, i: _samples_line(l, i).replace("[", "[NaN, ", 1), "not strict JSON"),
+    (lambda l, i: "", "no samples came back"),
+])
+def test_malformed_samples_fail_with_a_clear_note(edit, expected):
+    labels, images = _digits_uint8(noise=40)
+    ok, note = _decide_samples(edit(labels, images))
+    assert not ok and expected in note, note

@@ -134,7 +134,21 @@ def _accuracy(trained, guidance_scale: float) -> float:
                          num_inference_steps=20, generator=torch.Generator().manual_seed(1)).images
     judge, features = _judge()
     uint8 = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    _report_samples(guidance_scale, labels.tolist(), uint8)
     return float((judge.predict(features(uint8)) == labels.numpy()).mean())
+
+
+def _report_samples(guidance_scale: float, labels: list[int], uint8: np.ndarray) -> None:
+    """Under the grader (COURSE_DATA_FD set), hand the samples to the host, which judges them with its own
+    classifier and checks that they are not copies of training digits; a no-op for `course check`."""
+    import json
+    import os
+
+    fd = os.environ.get("COURSE_DATA_FD")
+    if fd:
+        line = {"kind": "samples", "w": float(guidance_scale), "labels": labels,
+                "images": uint8.reshape(len(uint8), -1).astype(int).tolist()}
+        os.write(int(fd), (json.dumps(line) + "\n").encode("utf-8"))
 
 
 def test_guided_samples_show_their_class(trained):

@@ -222,7 +222,7 @@ class _Run:
                     verdict = judge_tests(self.expected[task.id], result, self.hidden, self.redact, self.reveal,
                                           self.limits.timeout_s)
                     notes += verdict.notes
-                host, host_timed_out, host_outside = run_host_checks(self, sub, task, overlay)
+                host, host_timed_out, host_outside = run_host_checks(self, sub, task, overlay, result)
                 timed_out |= host_timed_out
                 outside += host_outside
                 score, lines = score_task(task, self.owners[task.id], verdict, host)

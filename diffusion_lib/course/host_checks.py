@@ -13,6 +13,12 @@ host's own computation. A malformed answer fails the check with a note saying wh
 - guidance: classifier_free_guidance(u, c, w) against u + w (c - u) (Ho & Salimans 2022, eq. 6 with
   w = w' + 1; the equivalent form (1 + w') c - w' u is accepted the same way) and guided_prediction
   on a stand-in model whose conditional and null-label outputs the host knows, within :data:`TOLERANCE`.
+- samples (3.2b): no probe; the task's own measurement hands its guided samples to the host through the
+  runner's data channel (``COURSE_DATA_FD``, one JSON line per sampling). The host classifies the samples of
+  w = :data:`SAMPLE_W` with its own judge (the SVC of ``benchmarks/judge_digits.py`` on the real 8x8
+  digits): at least :data:`MIN_SAMPLE_ACCURACY` right; and at most :data:`MAX_COPY_SHARE` of them may lie
+  within :data:`COPY_DISTANCE` (L2, the digits' 0..16 scale) of a training digit (real digits' nearest
+  distinct neighbour is at least 5.3 away), so returning training images scores nothing.
 """
 
 from __future__ import annotations
@@ -29,6 +35,13 @@ GUIDANCE_SCALES = (0.0, 1.0)  # always probed, plus random ones
 NUM_CLASSES = 10
 
 
+SAMPLE_W = 3.0
+MIN_SAMPLE_ACCURACY = 0.8
+COPY_DISTANCE = 2.0
+MAX_COPY_SHARE = 0.1
+MAX_SAMPLES = 1000
+
+
 class ProbeError(ValueError):
     """The probe's output is malformed (the message says how); the check fails."""
 
@@ -41,8 +54,10 @@ def make_spec(kind: str, seed: int) -> dict:
     """
     if kind == "schedule":
         return {"kind": "schedule", "lengths": list(SCHEDULE_LENGTHS)}
+    if kind == "samples":
+        return {"kind": "samples"}  # no probe: the task's tests hand their samples over
     if kind != "guidance":
-        raise ValueError(f"unknown host check {kind!r}; accepted: schedule, guidance")
+        raise ValueError(f"unknown host check {kind!r}; accepted: schedule, guidance, samples")
     rng = random.Random(seed)
     scales = list(GUIDANCE_SCALES) + [round(rng.uniform(0.1, 0.9), 3), round(rng.uniform(1.5, 9.0), 3)]
     mix, guided = [], []
@@ -164,13 +179,78 @@ def judge_guidance(data: dict, spec: dict) -> str:
     return f"{len(spec['mix']) + len(spec['guided'])} cases within {TOLERANCE:g} (worst {worst:.2g})"
 
 
+def _digits_judge():
+    """(classifier, features, training digits (N, 64) in 0..16) of the host's own judge."""
+    import importlib.util
+    from pathlib import Path
+
+    from sklearn.datasets import load_digits
+    from sklearn.svm import SVC
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "judge_digits.py"
+    spec = importlib.util.spec_from_file_location("_host_judge_digits", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    digits = load_digits()
+    return SVC(gamma=0.001, C=10.0).fit(digits.data, digits.target), module.to_judge_features, digits.data
+
+
+def judge_samples(raw: str) -> str:
+    """A short success note for the 3.2b samples handed over on the data channel; raises ProbeError."""
+    import numpy as np
+
+    found = []
+    for number, line in enumerate(raw.splitlines()[:20], start=1):
+        if not line.strip():
+            continue
+        data = _parse(line, {"kind", "w", "labels", "images"})
+        if data["kind"] != "samples" or type(data["w"]) not in (int, float):
+            raise ProbeError(f"data line {number}: expected kind 'samples' and a number w")
+        labels, images = data["labels"], data["images"]
+        if not isinstance(labels, list) or not 0 < len(labels) <= MAX_SAMPLES or not isinstance(images, list) \
+                or len(images) != len(labels):
+            raise ProbeError(f"data line {number}: expected 1-{MAX_SAMPLES} labels and as many images")
+        if not all(type(y) is int and 0 <= y < NUM_CLASSES for y in labels):
+            raise ProbeError(f"data line {number}: labels must be integers in [0, {NUM_CLASSES})")
+        pixels = [_numbers(image, 64, f"data line {number} image {i}") for i, image in enumerate(images)]
+        array = np.asarray(pixels)
+        if not ((array >= 0) & (array <= 255) & (array == np.round(array))).all():
+            raise ProbeError(f"data line {number}: pixels must be integers in [0, 255]")
+        found.append((float(data["w"]), np.asarray(labels), array.astype(np.uint8).reshape(-1, 8, 8, 1)))
+    guided = [f for f in found if f[0] == SAMPLE_W]
+    if len(guided) != 1:
+        raise ProbeError(f"expected exactly one set of samples at w = {SAMPLE_W:g}, got {len(guided)}")
+    _, labels, images = guided[0]
+    judge, features, train = _digits_judge()
+    x = features(images)
+    accuracy = float((judge.predict(x) == labels).mean())
+    if accuracy < MIN_SAMPLE_ACCURACY:
+        raise ProbeError(f"expected the grader's classifier to recognise >= {MIN_SAMPLE_ACCURACY:g} of the samples "
+                         f"at w = {SAMPLE_W:g}, got {accuracy:.2f}")
+    nearest = np.sqrt(((x[:, None, :] - train[None, :, :]) ** 2).sum(-1)).min(1)
+    copies = float((nearest < COPY_DISTANCE).mean())
+    if copies > MAX_COPY_SHARE:
+        raise ProbeError(f"expected at most {MAX_COPY_SHARE:.0%} of the samples within {COPY_DISTANCE:g} of a training "
+                         f"digit, got {copies:.0%} (copies of the training data are not samples)")
+    return (f"{len(labels)} samples at w = {SAMPLE_W:g}: accuracy {accuracy:.2f}, median distance to the nearest "
+            f"training digit {float(np.median(nearest)):.1f}")
+
+
 def decide(kind: str, spec: dict, result: dict) -> tuple[bool, str]:
     """The host's verdict on a probe ``result`` (the sandbox runner's result dict) for ``spec``:
     (passed, note). Never raises for bad data: a malformed answer is a failed check with its reason."""
     if result.get("timed_out"):
         return False, "the computation did not finish within the time limit"
-    if result.get("probe_oversized"):
+    if result.get("probe_oversized") or result.get("data_oversized"):
         return False, "the answer was larger than the grader accepts"
+    if kind == "samples":
+        raw = result.get("data_output")
+        if not isinstance(raw, str) or not raw.strip():
+            return False, "no samples came back (the measurement did not run to its end)"
+        try:
+            return True, judge_samples(raw)
+        except ProbeError as error:
+            return False, str(error)
     raw = result.get("probe_output")
     if not isinstance(raw, str) or not raw.strip():
         return False, "no answer came back (the probe exited before writing one)"
@@ -184,9 +264,10 @@ def decide(kind: str, spec: dict, result: dict) -> tuple[bool, str]:
         return False, str(error)
 
 
-def run_host_checks(run, sub, task, overlay) -> tuple[dict, bool, list[str]]:
+def run_host_checks(run, sub, task, overlay, test_result: dict) -> tuple[dict, bool, list[str]]:
     """Run each host check of ``task`` for one submission: a fresh copy of its ``overlay`` goes into the
-    grade run's sandbox (``run``: :class:`~.grade._Run`) with the probe's spec, and the host decides here.
+    grade run's sandbox (``run``: :class:`~.grade._Run`) with the probe's spec, and the host decides here;
+    a ``samples`` check is decided on the data of the task's test run (``test_result``, {} when none).
 
     Returns:
         (check id -> (passed, redacted note), whether a probe hit the time limit, outside-write lines).
@@ -198,6 +279,10 @@ def run_host_checks(run, sub, task, overlay) -> tuple[dict, bool, list[str]]:
     decided, timed_out, outside = {}, False, []
     for check in task.checks:
         if not check.host:
+            continue
+        if check.host == "samples":
+            ok, note = decide("samples", {}, test_result) if test_result else (False, "no result came back")
+            decided[check.id] = (ok, run.redact(note))
             continue
         spec = make_spec(check.host, run.probe_seed)
         copy = run._copy_for(overlay, f"{sub.student}-{task.id}-probe")

@@ -35,6 +35,7 @@ MAX_JOB_BYTES = 1 << 20
 MAX_RECORDS = 5000
 MAX_MESSAGE = 2000
 MAX_TAIL = 2000
+MAX_PROBE_BYTES = 2 << 20  # the raw data a probe or the tests (COURSE_DATA_FD) hand to the host
 PLUGIN_MODULE = "_course_test_report"
 
 
@@ -165,7 +166,10 @@ def run_pytest_job(job: dict, work: str, env: dict) -> dict:
     token_read, token_write = os.pipe()
     os.write(token_write, key)
     os.close(token_write)
-    env = dict(env, COURSE_REPORT_FD=str(report_fd), COURSE_TOKEN_FD=str(token_read))
+    data_path = os.path.join(env["TMPDIR"], ".data-" + secrets.token_hex(8))
+    data_fd = os.open(data_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    os.unlink(data_path)
+    env = dict(env, COURSE_REPORT_FD=str(report_fd), COURSE_TOKEN_FD=str(token_read), COURSE_DATA_FD=str(data_fd))
     command = [sys.executable, "-P", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", PLUGIN_MODULE,
                "--rootdir", work, "-o", "addopts=", "--color=no", "-o", "cache_dir=" + env["TMPDIR"]]
     if job["kind"] == "collect":
@@ -174,7 +178,7 @@ def run_pytest_job(job: dict, work: str, env: dict) -> dict:
     timeout = float(job.get("timeout_s", 300))
     process = subprocess.Popen(command, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_limits(job),
-                               pass_fds=(report_fd, token_read))
+                               pass_fds=(report_fd, token_read, data_fd))
     os.close(token_read)
     timed_out = False
     try:
@@ -186,11 +190,12 @@ def run_pytest_job(job: dict, work: str, env: dict) -> dict:
     _kill_rest(job, process.pid)
     records, forged = _read_records(report_fd, key)
     os.close(report_fd)
+    os.lseek(data_fd, 0, os.SEEK_SET)
+    data = os.read(data_fd, MAX_PROBE_BYTES + 1)
+    os.close(data_fd)
     return {"records": records, "forged_lines": forged, "returncode": process.returncode, "timed_out": timed_out,
-            "output_tail": out.decode("utf-8", "replace")[-MAX_TAIL:], "outside": _outside_log(env)}
-
-
-MAX_PROBE_BYTES = 2 << 20
+            "output_tail": out.decode("utf-8", "replace")[-MAX_TAIL:], "outside": _outside_log(env),
+            "data_output": data[:MAX_PROBE_BYTES].decode("utf-8", "replace"), "data_oversized": len(data) > MAX_PROBE_BYTES}
 
 
 def run_probe_job(job: dict, work: str, env: dict) -> dict:

@@ -13,7 +13,7 @@ TASKS_FILE = "coursework/tasks.yaml"
 ANNOTATIONS_FILE = "coursework/" + "reference_annotations.json"  # instructor-only, never released
 MANIFEST_FILE = "coursework/release_manifest.json"
 TASK_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,31}$")
-HOST_CHECKS = ("schedule", "guidance")  # checks the host decides on data (see host_checks.py)
+HOST_CHECKS = ("schedule", "guidance", "samples")  # checks the host decides on data (see host_checks.py)
 MAX_DESCRIPTION = 200
 
 
