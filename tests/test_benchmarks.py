@@ -66,3 +66,25 @@ def test_training_settings_compares_rows_that_train_the_same_model():
     assert set(rows) == {"fp32", "bf16+cl"}
     assert rows["fp32"][4] == "1.00x"
     assert float(rows["bf16+cl"][-1]) == pytest.approx(float(rows["fp32"][-1]), rel=1e-4)
+
+
+def test_grading_benchmark_makes_the_three_kinds_of_submission(tmp_path):
+    """benchmarks/grading.py's submissions (the grading itself is too slow for the suite): correct carries the
+    instructor's files, wrong all but guidance.py, untouched none of them."""
+    import tarfile
+
+    spec = importlib.util.spec_from_file_location("grading_bench", SCRIPT.parent / "grading.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    root = SCRIPT.parents[1]
+    kinds = module.make_submissions(root, tmp_path, 3)
+    assert kinds == {"correct-0": "correct", "wrong-1": "wrong", "untouched-2": "untouched"}
+    members = {}
+    for student in kinds:
+        with tarfile.open(tmp_path / "subs" / f"{student}.tar.gz") as archive:
+            members[student] = {m.name: archive.extractfile(m).read() for m in archive.getmembers() if m.isfile()}
+    guidance = (root / "diffusion_lib/guidance.py").read_bytes()
+    assert members["correct-0"]["diffusion_lib/guidance.py"] == guidance
+    assert "diffusion_lib/guidance.py" not in members["wrong-1"]
+    assert set(members["wrong-1"]) == set(members["correct-0"]) - {"diffusion_lib/guidance.py"}
+    assert set(members["untouched-2"]) <= {"MANIFEST.json"}

@@ -26,6 +26,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -399,14 +400,14 @@ def test_attacks_in_bubblewrap(arena, tmp_path):
     ok, why = bwrap_available()
     if not ok:
         _missing(f"bubblewrap cannot run here: {why}")
-    picked = ("steal", "symlinks", "forge", "network", "leftovers")
+    picked = ("steal", "symlinks", "forge", "network", "leftovers", "bomb")
     subs = tmp_path / "subs"
     subs.mkdir()
     for name in ("untouched", "solved", *picked):
         shutil.copyfile(arena["subs"] / f"{name}.tar.gz", subs / f"{name}.tar.gz")
     out = tmp_path / "grading"
     grade(subs, out, arena["repo"], timeout_s=TIMEOUT, notebook_timeout_s=NB_TIMEOUT, memory_mb=4096, jobs=2,
-          verbose=False, sandbox="bwrap", clear_flags=set(picked))
+          pids=64, verbose=False, sandbox="bwrap", clear_flags=set(picked))
     _assert_attacks_held(arena, {"rows": _rows(out), "out": out}, picked)
 
 
@@ -485,14 +486,18 @@ def test_every_entry_gets_its_own_line(tmp_path):
     assert all(error for name, (_, error) in entries.items() if name != "t18.tar.gz")
 
 
-def test_sigterm_removes_the_temporary_folder(arena, tmp_path):
+def test_sigterm_removes_the_temporary_folder(arena, tmp_path, request):
     from diffusion_lib.course.sandbox import bwrap_available
 
     ok, why = bwrap_available()
     if not ok:
         _missing(f"bubblewrap cannot run here: {why}")
-    private_tmp = tmp_path / "tmp"
-    private_tmp.mkdir()
+    from diffusion_lib.course.sandbox import sandbox_tempdir
+
+    # a TMPDIR an unprivileged sandbox uid can pass through (pytest's own is 0700)
+    private_tmp = Path(tempfile.mkdtemp(prefix="course-test-tmp-", dir=sandbox_tempdir()))
+    os.chmod(private_tmp, 0o755)
+    request.addfinalizer(lambda: shutil.rmtree(private_tmp, ignore_errors=True))
     subs = tmp_path / "subs"
     subs.mkdir()
     for name in ("bomb", "untouched", "solved"):
@@ -512,3 +517,33 @@ def test_sigterm_removes_the_temporary_folder(arena, tmp_path):
     assert process.returncode != 0
     assert list(private_tmp.iterdir()) == [], err.decode()[-2000:]
     assert _sandbox_processes() == []
+
+
+def test_bytecode_is_refused_at_intake(arena):
+    """A .pyc runs code the static scan never read (an unchecked-hash pyc is used whatever its source says)."""
+    from diffusion_lib.course.intake import accepted
+    from diffusion_lib.course.tasks import load_course
+
+    course = load_course(arena["repo"])
+    assert accepted("diffusion_lib/toy.py", course)
+    for rel in ("diffusion_lib/__pycache__/toy.cpython-311.pyc", "diffusion_lib/toy.pyc", "homework/x.pyo",
+                "diffusion_lib/__pycache__/notes.txt"):
+        assert not accepted(rel, course), rel
+
+
+def test_the_release_bytecode_never_stands_in_for_a_submitted_file(tmp_path):
+    """The grader byte-compiles the release (checked hashes): a submitted file of the same size and mtime as
+    the release's is still run from its own source."""
+    from diffusion_lib.course.sandbox import compile_tree
+
+    (tmp_path / "pkg").mkdir()
+    module = tmp_path / "pkg/mod.py"
+    module.write_text("VALUE = 1\n")
+    compile_tree(tmp_path)
+    assert list((tmp_path / "pkg/__pycache__").glob("mod.*.pyc"))
+    stat_before = module.stat()
+    module.write_text("VALUE = 2\n")
+    os.utime(module, ns=(stat_before.st_atime_ns, stat_before.st_mtime_ns))
+    run = subprocess.run([sys.executable, "-c", "import pkg.mod; print(pkg.mod.VALUE)"], cwd=tmp_path,
+                         env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"), capture_output=True, text=True)
+    assert run.stdout.strip() == "2", run.stderr

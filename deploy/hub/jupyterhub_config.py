@@ -22,10 +22,10 @@ c.JupyterHub.cookie_secret_file = "/srv/jupyterhub/data/jupyterhub_cookie_secret
 c.ConfigurableHTTPProxy.pid_file = "/srv/jupyterhub/data/proxy.pid"
 
 # --- who may log in --------------------------------------------------------------------------------------
-# NativeAuthenticator: students sign up at /hub/signup, an admin authorises them at /hub/authorize. Swap it for
-# OAuth (oauthenticator: GitHub, a university's OIDC) or LTI (ltiauthenticator) with COURSE_AUTHENTICATOR and
-# that package's settings (docs/class.md).
-c.JupyterHub.authenticator_class = env("COURSE_AUTHENTICATOR", "nativeauthenticator.NativeAuthenticator")
+# NativeAuthenticator (course_auth.py: its login page, fixed for JupyterHub 6): students sign up at /hub/signup,
+# an admin authorises them at /hub/authorize. Swap it for OAuth (oauthenticator: GitHub, a university's OIDC)
+# or LTI (ltiauthenticator) with COURSE_AUTHENTICATOR and that package's settings (docs/class.md).
+c.JupyterHub.authenticator_class = env("COURSE_AUTHENTICATOR", "course_auth.CourseNativeAuthenticator")
 c.Authenticator.admin_users = {name for name in env("COURSE_ADMINS", "instructor").split(",") if name}
 c.Authenticator.allow_all = True                     # NativeAuthenticator's own approval decides who gets in
 c.NativeAuthenticator.open_signup = env("COURSE_OPEN_SIGNUP", "false").lower() == "true"

@@ -61,15 +61,23 @@ def _collect(args) -> int:
 def _grade(args) -> int:
     import sys
 
+    import signal
+
     from .grade import grade
     try:
         grade(args.submissions, args.output, args.repo, timeout_s=args.timeout,
               notebook_timeout_s=args.notebook_timeout, memory_mb=args.memory_mb or None, jobs=args.jobs,
               sandbox=args.sandbox, image=args.image, unsafe=args.unsafe, reveal=args.reveal,
-              clear_flags=tuple(args.clear_flag or ()))
+              clear_flags=tuple(args.clear_flag or ()), restart=args.restart)
     except RuntimeError as error:
         print(f"course grade: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as stop:
+        signum = getattr(stop, "signum", 0) or signal.SIGINT
+        print(f"course grade: stopped ({signal.Signals(signum).name}); the submissions finished so far are "
+              f"kept in {args.output}/state and the next run resumes (--restart grades everything again)",
+              file=sys.stderr)
+        return 128 + signum
     return 0
 
 
@@ -139,4 +147,7 @@ def add_course_command(subparsers) -> None:
                      help="after the deadline: name hidden checks and show reference annotations in feedback")
     grd.add_argument("--clear-flag", action="append", metavar="STUDENT",
                      help="score a flagged submission after a person has reviewed it (repeatable)")
+    grd.add_argument("--restart", action="store_true",
+                     help="grade every submission again (by default a run resumes: a submission whose archive "
+                          "and course are unchanged since it was graded keeps its recorded result)")
     grd.set_defaults(func=_grade)

@@ -22,6 +22,7 @@ SIGINT and SIGTERM stop running sandboxes and remove the temporary folder (hidde
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -42,7 +43,8 @@ from .intake import accepted, extract_archive, list_submissions, sanitize, stude
 from .judge import Redactor, hidden_test_names, judge_tests, scan_submission, secret_lines
 from .nbgrading import has_autograded_cells, merge_instructor_cells, nb_cells, score_cells
 from .release import is_nbgrader_notebook, release
-from .sandbox import DEFAULT_IMAGE, Limits, Sandbox, SandboxError, choose_sandbox
+from .resume import StateStore, archive_sha256, course_fingerprint
+from .sandbox import DEFAULT_IMAGE, Limits, Sandbox, SandboxError, choose_sandbox, clear_staging, compile_tree, sandbox_tempdir
 from .host_checks import run_host_checks
 from .scoring import assign_checks, hidden_tests_by_check, score_task
 from .tasks import Course, load_course
@@ -59,8 +61,16 @@ def sandbox_available(kind: str = "auto", image: str = DEFAULT_IMAGE) -> tuple[b
     return True, ""
 
 
-class _Stopped(BaseException):
-    """Raised in the main thread on SIGTERM, so cleanup runs as for Ctrl-C."""
+class Stopped(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM (SIGINT raises KeyboardInterrupt), so cleanup runs as for
+    Ctrl-C: sandboxes killed, the temporary folder removed, nothing but finished states written."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum
+
+
+_Stopped = Stopped  # the former private name
 
 
 def _copy_tree(source: Path, target: Path) -> None:
@@ -78,8 +88,11 @@ class _Run:
                  clear_flags: set[str], verbose: bool):
         self.course, self.repo, self.work, self.sandbox, self.limits = course, repo, work, sandbox, limits
         self.reveal, self.clear_flags, self.verbose = reveal, clear_flags, verbose
+        self.timings: dict[str, dict[str, float]] = {}  # student -> step -> seconds (benchmarks/grading.py)
         self.student_release = release(repo, work / "release", verbose=False)
         self.hidden_release = release(repo, work / "hidden", keep_hidden=True, verbose=False)
+        for tree in (self.student_release, self.hidden_release):  # bytecode for every copy (checked hashes)
+            compile_tree(tree)
         self.support = work / "support"
         from .sandbox import write_support
         write_support(self.support, bundle_pytest=True)
@@ -110,11 +123,22 @@ class _Run:
         secrets += [line["annotation"] for lines in self.reference.values() for line in lines
                     if isinstance(line, dict) and line.get("annotation")]
         self.redact = Redactor(self.hidden, secrets)
+        started = time.perf_counter()
         self.expected = {task.id: self._collect(task) for task in course.tasks if task.autograded and task.tests}
+        self.setup_s = time.perf_counter() - started
+        if verbose:
+            print(f"expected test ids collected in {self.setup_s:.1f} s", flush=True)
         self.owners = {tid: assign_checks(course.task(tid), ids, hidden_tests_by_check(repo, course.task(tid).tests))
                        for tid, ids in self.expected.items()}
         import secrets as _secrets
         self.probe_seed = _secrets.randbits(32)  # the hidden inputs of host checks, new every run
+
+    def fingerprint(self, options: dict) -> str:
+        """What every submission's grade depends on besides its archive (see :mod:`.resume`)."""
+        return course_fingerprint([self.student_release, self.hidden_release], dict(
+            options, reference=self.reference, notebooks=self.notebooks, expected=self.expected,
+            secrets=hashlib.sha256("\0".join(sorted(self.redact.names) + sorted(self.redact.lines)).encode()).hexdigest(),
+            sandbox=self.sandbox.name))
 
     def _copy_for(self, overlay: Path, name: str, task_tests=()) -> Path:
         """A fresh working copy of ``overlay`` with ``task_tests`` laid in from the instructor's tests."""
@@ -203,6 +227,7 @@ class _Run:
                 continue
             notes: list[str] = []
             score = 0.0
+            started = time.perf_counter()
             verdict = None
             if task.tests:
                 copy = self._copy_for(overlay, f"{sub.student}-{task.id}", task.tests)
@@ -240,6 +265,7 @@ class _Run:
                     notes.append(f"{len(changed)} region lines have changed or missing code (not credited)")
             sub.task_scores[task.id] = round(score, 4)
             sub.task_feedback[task.id] = notes
+            self.timings.setdefault(sub.student, {})[f"task {task.id}"] = time.perf_counter() - started
 
         for rel, source in sorted(self.notebooks.items()):
             name = Path(rel).stem
@@ -254,6 +280,7 @@ class _Run:
                 scores, _ = score_cells(source, {}, self.redact)
                 sub.cell_scores.update({(name, k): 0.0 for k in scores})
                 continue
+            started = time.perf_counter()
             merged, notes = merge_instructor_cells(student_nb, source)
             copy = self._copy_for(overlay, f"{sub.student}-nb")
             (copy / rel).write_text(json.dumps(merged), encoding="utf-8")
@@ -276,6 +303,7 @@ class _Run:
             scores, cell_notes = score_cells(source, result, self.redact)
             sub.cell_scores.update({(name, k): v for k, v in scores.items()})
             sub.notebook_notes[name] = "; ".join(notes + cell_notes)
+            self.timings.setdefault(sub.student, {})[f"notebook {rel}"] = time.perf_counter() - started
 
         notes = ["time limit reached in some checks (those score 0)"] if timed_out else []
         outside = list(dict.fromkeys(outside))
@@ -294,7 +322,7 @@ def grade(submissions_dir: str | Path, output_dir: str | Path, repo_root: str | 
           timeout_s: float = 300.0, notebook_timeout_s: float = 600.0, memory_mb: int | None = 16384,
           jobs: int = 1, verbose: bool = True, sandbox: str = "auto", image: str = DEFAULT_IMAGE,
           unsafe: bool = False, reveal: bool = False, clear_flags=(), pids: int = 256, cpus: float = 1.0,
-          tmpfs_mb: int = 1024):
+          tmpfs_mb: int = 1024, restart: bool = False):
     """Grade every entry of ``submissions_dir`` (see the module docstring); returns the grades table.
 
     Args:
@@ -307,7 +335,14 @@ def grade(submissions_dir: str | Path, output_dir: str | Path, repo_root: str | 
         unsafe: with no sandbox available, grade anyway WITHOUT isolation (else RuntimeError).
         reveal: name hidden checks and show reference annotations in the feedback (after the deadline).
         clear_flags: student ids whose static-scan flag a person has cleared (they are scored).
-        pids, cpus, tmpfs_mb: the container's process limit, CPU share and scratch size.
+        pids, cpus, tmpfs_mb: the sandbox's process limit, CPU share and scratch size.
+        restart: forget the states of an earlier run in ``output_dir`` and grade everything again (else a
+            submission whose archive and course are unchanged since a finished grading is not re-run).
+
+    SIGINT and SIGTERM stop the run: running sandboxes are killed, the temporary folder (hidden tests
+    included) is removed, and :class:`Stopped` (a KeyboardInterrupt) is raised; the states of submissions
+    finished before the signal are kept in ``output_dir``/state, gradebook.db, grades.csv and the feedback
+    are left as they were, and the next run resumes.
 
     Writes ``output_dir``/gradebook.db (nbgrader; hand grades kept), grades.csv (students not graded in
     this run kept) and feedback/<student>.md.
@@ -338,19 +373,31 @@ def grade(submissions_dir: str | Path, output_dir: str | Path, repo_root: str | 
     (output_dir / "feedback").mkdir(exist_ok=True)
     assignment = sanitize(course.raw.get("assignment") or "coursework")
 
-    work = Path(tempfile.mkdtemp(prefix="course-grade-"))
-    previous = None
-    if threading.current_thread() is threading.main_thread():
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = {}
+    if main_thread:
         def stop(signum, frame):
-            raise _Stopped(f"signal {signum}")
-        previous = signal.signal(signal.SIGTERM, stop)
+            for number in (signal.SIGINT, signal.SIGTERM):  # a second signal must not cut the cleanup short
+                signal.signal(number, signal.SIG_IGN)
+            raise Stopped(signum)
+        previous = {number: signal.signal(number, stop) for number in (signal.SIGINT, signal.SIGTERM)}
+    work = None
     submissions: list[Submission] = []
     pool = None
     try:
-        os.chmod(work, 0o700)
-        for name in ("copies", "out", "extract", "overlay"):
-            (work / name).mkdir()
+        # bubblewrap may run as an unprivileged host uid: it can pass through work (0711) into the folders it
+        # binds (copies, out, support: random names inside), never list them or enter the rest (0700)
+        work = Path(tempfile.mkdtemp(prefix="course-grade-", dir=sandbox_tempdir() if box.name == "bwrap" else None))
+        os.chmod(work, 0o711)
+        for name, mode in (("copies", 0o711), ("out", 0o711), ("extract", 0o700), ("overlay", 0o700),
+                           ("release", 0o700), ("hidden", 0o700)):
+            (work / name).mkdir(mode=mode)
+            os.chmod(work / name, mode)
         run = _Run(course, repo_root, work, box, limits, reveal, set(clear_flags), verbose)
+        store = StateStore(output_dir, run.fingerprint(dict(
+            timeout_s=timeout_s, notebook_timeout_s=notebook_timeout_s, memory_mb=memory_mb, pids=pids, cpus=cpus,
+            tmpfs_mb=tmpfs_mb, reveal=reveal, image=image if box.name == "docker" else None)), restart=restart,
+            reference=run.reference)
         todo = []
         for sid, path, error in list_submissions(submissions_dir):
             sub = Submission(sid, path.name)
@@ -362,7 +409,16 @@ def grade(submissions_dir: str | Path, output_dir: str | Path, repo_root: str | 
         def one(item) -> Submission:
             sub, archive = item
             started = time.perf_counter()
+            key = ""
             if sub.status == "graded":
+                key = archive_sha256(archive)
+                key = key and f"{key}:{'cleared' if sub.student in run.clear_flags else 'as-is'}"
+                saved = store.load(sub.student, key)
+                if saved is not None and saved.archive == sub.archive:
+                    if verbose:
+                        print(f"{sub.student}: {saved.status} (kept from an earlier run: archive and course "
+                              f"unchanged)", flush=True)
+                    return saved
                 try:
                     run.grade_one(sub, archive)
                 except Exception as error:  # noqa: BLE001 - one broken submission never stops the batch
@@ -374,23 +430,26 @@ def grade(submissions_dir: str | Path, output_dir: str | Path, repo_root: str | 
             if sub.status != "graded":
                 sub.task_scores = {t.id: 0.0 for t in course.tasks if t.autograded}
                 sub.cell_scores = {}
+            if box.stopped:  # its sandboxes were refused or killed: the result is not the submission's
+                raise Stopped(0)
+            if key:
+                store.save(sub, key)
             if verbose:
                 total = sum(sub.task_scores.values()) + sum(v or 0 for v in sub.cell_scores.values())
-                print(f"{sub.student}: {sub.status} {total:.2f} in {time.perf_counter() - started:.0f} s"
-                      + (f" ({sub.note})" if sub.note else ""), flush=True)
+                steps = ", ".join(f"{k} {v:.1f} s" for k, v in run.timings.get(sub.student, {}).items())
+                print(f"{sub.student}: {sub.status} {total:.2f} in {time.perf_counter() - started:.1f} s"
+                      + (f" [{steps}]" if steps else "") + (f" ({sub.note})" if sub.note else ""), flush=True)
             return sub
 
-        pool = None
         if jobs > 1:
             from concurrent.futures import ThreadPoolExecutor
             pool = ThreadPoolExecutor(max_workers=jobs)
             try:
-                list(pool.map(one, todo))
+                submissions = list(pool.map(one, todo))
             finally:
                 pool.shutdown(wait=False, cancel_futures=True)
         else:
-            for item in todo:
-                one(item)
+            submissions = [one(item) for item in todo]
         layout = run.layout
     except BaseException:
         box.stop_all()  # running sandboxes are killed, new ones refused, so the workers end quickly
@@ -398,14 +457,24 @@ def grade(submissions_dir: str | Path, output_dir: str | Path, repo_root: str | 
             pool.shutdown(wait=True)
         raise
     finally:
-        shutil.rmtree(work, ignore_errors=True)
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+        clear_staging()
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
-    write_gradebook(output_dir / "gradebook.db", assignment, layout, submissions)
-    rows = write_grades_csv(output_dir / "grades.csv", course, layout, submissions)
-    for sub in submissions:
-        write_private(output_dir / "feedback" / f"{sub.student}.md", feedback(sub, course, layout, reveal))
+    # the outputs are written with SIGINT/SIGTERM held back, so a signal now takes effect after them
+    held = {signal.SIGINT, signal.SIGTERM}
+    if main_thread:
+        signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        write_gradebook(output_dir / "gradebook.db", assignment, layout, submissions)
+        rows = write_grades_csv(output_dir / "grades.csv", course, layout, submissions)
+        for sub in submissions:
+            write_private(output_dir / "feedback" / f"{sub.student}.md", feedback(sub, course, layout, reveal))
+    finally:
+        if main_thread:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
     if verbose:
         print(f"graded {len(submissions)} submissions -> {output_dir / 'grades.csv'}, {output_dir / 'gradebook.db'}")
     from .gradebook import grades_columns

@@ -20,7 +20,6 @@ import io
 import os
 import shutil
 import sys
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,43 +74,44 @@ def write_gradebook(path: Path, assignment: str, layout, submissions: list[Submi
         raise RuntimeError("nbgrader is needed for the gradebook: pip install -r requirements.txt") from error
     if shutil.which("alembic") is None:  # nbgrader runs the `alembic` command on a new gradebook
         os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    from sqlalchemy.exc import SAWarning
-
-    with warnings.catch_warnings():  # nbgrader's add_submission trips SQLAlchemy's autoflush warnings
-        warnings.simplefilter("ignore", SAWarning)
-        with Gradebook(f"sqlite:///{path}") as gb:
-            gb.update_or_create_assignment(assignment)
-            for notebook, cells in layout.items():
-                gb.update_or_create_notebook(notebook, assignment)
-                for name, max_score, cell_type, _ in cells:
-                    gb.update_or_create_grade_cell(name, notebook, assignment, max_score=max_score,
-                                                   cell_type=cell_type)
-                    if notebook == LIBRARY_NOTEBOOK:
-                        gb.update_or_create_solution_cell(name, notebook, assignment)
-            gb.update_or_create_task_cell(STATUS_CELL, LIBRARY_NOTEBOOK, assignment, max_score=0.0,
-                                          cell_type="markdown")
-            for sub in submissions:
-                gb.update_or_create_student(sub.student)
-                try:
-                    gb.find_submission(assignment, sub.student)
-                except MissingEntry:
+    with Gradebook(f"sqlite:///{path}") as gb:
+        gb.update_or_create_assignment(assignment)
+        for notebook, cells in layout.items():
+            gb.update_or_create_notebook(notebook, assignment)
+            for name, max_score, cell_type, _ in cells:
+                gb.update_or_create_grade_cell(name, notebook, assignment, max_score=max_score,
+                                               cell_type=cell_type)
+                if notebook == LIBRARY_NOTEBOOK:
+                    gb.update_or_create_solution_cell(name, notebook, assignment)
+        gb.update_or_create_task_cell(STATUS_CELL, LIBRARY_NOTEBOOK, assignment, max_score=0.0,
+                                      cell_type="markdown")
+        for sub in submissions:
+            gb.update_or_create_student(sub.student)
+            try:
+                gb.find_submission(assignment, sub.student)
+            except MissingEntry:
+                # nbgrader builds the submission's notebooks and grades from the assignment's relations
+                # while the new submission is not yet in the session: with autoflush on, each of those
+                # reads flushes the half-built objects (SQLAlchemy's SAWarning "not in session, add
+                # operation ... will not proceed"); nothing must be flushed before nbgrader adds it
+                with gb.db.no_autoflush:
                     gb.add_submission(assignment, sub.student)
-                for notebook, cells in layout.items():
-                    for name, _, _, autograded in cells:
-                        grade = gb.find_grade(name, notebook, assignment, sub.student)
-                        if notebook == LIBRARY_NOTEBOOK:
-                            score = sub.task_scores.get(name[len("task_"):], 0.0)
-                        else:
-                            score = sub.cell_scores.get((notebook, name)) if sub.status == "graded" else 0.0
-                        if autograded or sub.status != "graded":
-                            grade.auto_score = float(score or 0.0)
-                            if grade.manual_score is None:
-                                grade.needs_manual_grade = False
-                comment = gb.find_comment(STATUS_CELL, LIBRARY_NOTEBOOK, assignment, sub.student)
-                grade = gb.find_grade(STATUS_CELL, LIBRARY_NOTEBOOK, assignment, sub.student)
-                comment.auto_comment = status_line(sub)
-                grade.auto_score, grade.needs_manual_grade = 0.0, False
-                gb.db.commit()
+            for notebook, cells in layout.items():
+                for name, _, _, autograded in cells:
+                    grade = gb.find_grade(name, notebook, assignment, sub.student)
+                    if notebook == LIBRARY_NOTEBOOK:
+                        score = sub.task_scores.get(name[len("task_"):], 0.0)
+                    else:
+                        score = sub.cell_scores.get((notebook, name)) if sub.status == "graded" else 0.0
+                    if autograded or sub.status != "graded":
+                        grade.auto_score = float(score or 0.0)
+                        if grade.manual_score is None:
+                            grade.needs_manual_grade = False
+            comment = gb.find_comment(STATUS_CELL, LIBRARY_NOTEBOOK, assignment, sub.student)
+            grade = gb.find_grade(STATUS_CELL, LIBRARY_NOTEBOOK, assignment, sub.student)
+            comment.auto_comment = status_line(sub)
+            grade.auto_score, grade.needs_manual_grade = 0.0, False
+            gb.db.commit()
 
 
 def status_line(sub: Submission) -> str:

@@ -138,8 +138,8 @@ def accepted(rel: str, course: Course) -> bool:
     the course's hand-in outputs, and not a test, a protected name or the course tooling."""
     if rel.startswith(NEVER_FROM_SUBMISSION) or rel.rsplit("/", 1)[-1] in NEVER_NAMES:
         return False
-    if rel.endswith(".pth") or "/." in "/" + rel:
-        return False
+    if rel.endswith((".pth", ".pyc", ".pyo")) or "/." in "/" + rel or "__pycache__" in rel.split("/"):
+        return False  # bytecode would run code the static scan never read
     test_files = {t for task in course.tasks for t in task.tests}
     if rel in test_files or any(rel.startswith(t.rstrip("/") + "/") for t in test_files):
         return False
