@@ -4,7 +4,10 @@
 solutions (taken from this repository) and annotated scores full marks; (c) one known wrong answer per task
 (guidance written as (1 + w) eps_c - w eps_u with our w, a ConditionalUNet that ignores its labels, a schedule
 whose betas reach 1) loses exactly those tasks, with feedback naming the failed check; (d) nothing instructor-only
-survives in the release. Instructor-only (tasks.yaml); marker lines are written through placeholders here.
+survives in the release; (e) Task 1 answered with the library's cosine schedule verbatim earns nothing on the
+horizon check; (f) a submission that forges pytest's outcome in-process (it patches pytest's test call so every
+test "passes"; its static-scan flag is cleared for this run) still fails the checks the host decides on data.
+Instructor-only (tasks.yaml); marker lines are written through placeholders here.
 """
 
 from __future__ import annotations
@@ -36,6 +39,13 @@ WRONG = {
     "diffusion_lib/homework_schedules.py": ("return betas_from_alphas_cumprod(",
                                             "return np.linspace(1e-4, 1.0, num_train_timesteps)  # reaches 1\n    return betas_from_alphas_cumprod("),
 }
+
+
+COSINE = ("diffusion_lib/homework_schedules.py", "    return betas_from_alphas_cumprod(",
+          "    from .schedules import cosine\n    return cosine(num_train_timesteps)\n    return betas_from_alphas_cumprod(")
+# module-level code that makes every test of the session pass without running it (pytest's own call patched)
+FORGE = ("\n\ndef _forge():\n    import sys\n    python = sys.modules.get('_pytest.python')\n"
+         "    if python is not None:\n        python.Function.runtest = lambda self: None\n\n\n_forge()\n")
 
 
 def _solved_text(rel: str) -> str:
@@ -85,8 +95,21 @@ def course(tmp_path_factory):
             assert text.count(old) == 1, (rel, old)
             (work / rel).write_text(text.replace(old, new), encoding="utf-8")
 
+    def cosine(work: Path) -> None:
+        solved(work)
+        rel, old, new = COSINE
+        (work / rel).write_text((work / rel).read_text(encoding="utf-8").replace(old, new), encoding="utf-8")
+
+    def forged(work: Path) -> None:  # cosine for Task 1, the Ho & Salimans w misread in 3.2b, pytest forged
+        cosine(work)
+        rel, (old, new) = "diffusion_lib/guidance.py", WRONG["diffusion_lib/guidance.py"]
+        (work / rel).write_text((work / rel).read_text(encoding="utf-8").replace(old, new), encoding="utf-8")
+        for rel in ("diffusion_lib/homework_schedules.py", "diffusion_lib/guidance.py"):
+            (work / rel).write_text((work / rel).read_text(encoding="utf-8") + FORGE, encoding="utf-8")
+
     subs = base / "subs"
-    for name, edit in (("untouched", None), ("solved", solved), ("wrong", wrong)):
+    for name, edit in (("untouched", None), ("solved", solved), ("wrong", wrong), ("cosine", cosine),
+                       ("forged", forged)):
         work = base / f"work-{name}"
         shutil.copytree(out, work)
         if edit:
@@ -101,7 +124,8 @@ def graded(course):
 
     out = course["base"] / "grading"
     start = time.perf_counter()
-    grade(course["subs"], out, REPO, timeout_s=300, notebook_timeout_s=300, jobs=1, verbose=True)
+    grade(course["subs"], out, REPO, timeout_s=300, notebook_timeout_s=300, jobs=1, verbose=True,
+          clear_flags={"forged"})
     seconds = time.perf_counter() - start
     print(f"graded 3 submissions in {seconds:.0f} s")
     rows = {r["student"]: r for r in csv.DictReader((out / "grades.csv").open())}
@@ -173,11 +197,15 @@ def test_solutions_score_full_marks(graded):
     assert annotated and annotated.group(1) == annotated.group(2)
     assert "| p1_analysis |  | 0.50 | by hand |" in feedback  # manual cells listed for hand grading
     assert "outside its folder" not in row["note"]
+    assert "check (decided by the grader) `samples` (0.2 of 0.2 points)" in feedback
 
 
-def test_wrong_answers_lose_exactly_their_tasks(graded):
+def test_wrong_answers_lose_exactly_their_checks(graded):
     row = graded["rows"]["wrong"]
-    assert {k: row[k] for k in AUTOGRADED} == FULL | {"task_1": "0.00", "task_3.2a": "0.00", "task_3.2b": "0.00"}
+    # 3.2a ignores its labels: it keeps only the config and rebuild checks; 3.2b's wrong w keeps the dropout,
+    # samples and unconditional checks (w = 0 and w = 3 still sample as they should); the schedule that
+    # reaches 1 fails every check of Task 1
+    assert {k: row[k] for k in AUTOGRADED} == FULL | {"task_1": "0.00", "task_3.2a": "0.15", "task_3.2b": "0.40"}
     feedback = (graded["out"] / "feedback/wrong.md").read_text()
     for check in ("test_part1.py::test_betas_strictly_inside_0_1",
                   "test_part3a.py::test_labels_change_the_output",
@@ -187,11 +215,32 @@ def test_wrong_answers_lose_exactly_their_tasks(graded):
     assert "test_part3b.py::test_guided_samples_show_their_class" not in feedback
 
 
+def test_cosine_verbatim_earns_nothing_on_the_horizon(graded):
+    row = graded["rows"]["cosine"]
+    assert {k: row[k] for k in AUTOGRADED} == FULL | {"task_1": "0.30"}
+    feedback = (graded["out"] / "feedback/cosine.md").read_text()
+    assert "`horizon` (0 of 0.7 points)" in feedback and "got t = 914" in feedback, feedback
+    assert "check `valid` (0.2 of 0.2 points)" in feedback
+
+
+def test_forged_pytest_passes_do_not_earn_the_host_checks(graded):
+    row = graded["rows"]["forged"]
+    assert row["flagged"].startswith("cleared by the instructor"), row["flagged"]
+    # every test "passed"; the horizon (0.7), guidance (0.25) and samples (0.2) checks are decided on data
+    # (the forged measurement never sampled, so no samples reached the host)
+    assert {k: row[k] for k in ("task_1", "task_3.2b")} == {"task_1": "0.30", "task_3.2b": "0.30"}
+    feedback = (graded["out"] / "feedback/forged.md").read_text()
+    assert "grader's check: no samples came back" in feedback
+    assert "grader's check: expected the structure horizon" in feedback
+    assert "grader's check: classifier_free_guidance at w = 0.0: expected u + w (c - u)" in feedback
+
+
 def test_gradebook_holds_the_scores(graded):
     from nbgrader.api import Gradebook
 
     with Gradebook(f"sqlite:///{graded['out'] / 'gradebook.db'}") as gb:
         assert gb.find_submission("coursework", "solved").score == pytest.approx(2.75)
         assert gb.find_submission("coursework", "untouched").score == 0
-        assert gb.find_grade("task_3.2b", "library", "coursework", "wrong").score == 0
+        assert gb.find_grade("task_1", "library", "coursework", "wrong").score == 0
+        assert gb.find_grade("task_3.2b", "library", "coursework", "wrong").score == pytest.approx(0.4)
         assert gb.find_grade("p3d_compare", "part3_guidance", "coursework", "solved").max_score == 0.5

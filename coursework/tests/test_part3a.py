@@ -30,17 +30,20 @@ def _inputs(batch: int = 4):
 
 def test_is_a_new_class_that_subclasses_unet():
     assert issubclass(ConditionalUNet, UNet) and ConditionalUNet is not UNet, (
-        "ConditionalUNet must be a new class that subclasses UNet (not a rewrite of UNet)")
+        "expected ConditionalUNet to be a new class that subclasses UNet (not a rewrite of UNet), got bases "
+        f"{[b.__name__ for b in ConditionalUNet.__mro__[1:]]}")
 
 
 def test_null_label_and_shapes():
     model = _model()
-    assert model.num_classes == K and model.null_label == K, "label num_classes is the null label"
-    assert is_conditional(model)
+    got = (getattr(model, "num_classes", None), getattr(model, "null_label", None))
+    assert got == (K, K), f"expected num_classes = null_label = {K} (label num_classes is the null label), got {got}"
+    assert is_conditional(model), "expected is_conditional(model) to be True for a ConditionalUNet, got False"
     x, t = _inputs()
     with torch.no_grad():
         out = model(x, t, torch.tensor([0, 3, 9, K]))
-    assert out.shape == x.shape and out.dtype == torch.float32
+    assert out.shape == x.shape and out.dtype == torch.float32, (
+        f"expected an output of shape {tuple(x.shape)} and dtype float32, got {tuple(out.shape)} {out.dtype}")
 
 
 def test_labels_change_the_output():
@@ -49,9 +52,17 @@ def test_labels_change_the_output():
     with torch.no_grad():
         a = model(x, t, torch.zeros(4, dtype=torch.long))
         b = model(x, t, torch.full((4,), 7, dtype=torch.long))
-    assert not torch.allclose(a, b, atol=1e-6), "the output does not depend on the labels y"
+    assert not torch.allclose(a, b, atol=1e-6), (
+        "expected different outputs for labels 0 and 7, got max abs diff "
+        f"{float((a - b).abs().max()):.3g} (the output does not depend on the labels y)")
 
-### BEGIN HIDDEN TESTS
+def test_config_records_num_classes():
+    model = _model()
+    got = model.config.get("num_classes")
+    assert got == K, (f"expected model.config['num_classes'] == {K} (checkpoints rebuild the model from "
+                      f"model.config with build_unet), got {got!r}")
+
+### BEGIN HIDDEN TESTS [null-label]
 def test_none_means_the_null_label():
     model = _model()
     x, t = _inputs()
@@ -72,7 +83,9 @@ def test_each_sample_sees_its_own_label():
         swapped = model(x, t, torch.tensor([1, 2, 3, 5]))
     assert torch.allclose(batch, alone, atol=1e-5), "a sample's output must not depend on other samples' labels"
     assert torch.allclose(batch[:3], swapped[:3], atol=1e-5) and not torch.allclose(batch[3], swapped[3], atol=1e-6)
+### END HIDDEN TESTS
 
+### BEGIN HIDDEN TESTS [parameters]
 
 def test_keeps_every_unet_parameter_and_learns_the_labels():
     torch.manual_seed(0)
@@ -85,7 +98,9 @@ def test_keeps_every_unet_parameter_and_learns_the_labels():
     new = [p for name, p in model.named_parameters() if name not in unet_keys]
     assert new and all(p.grad is not None and p.grad.abs().sum() > 0 for p in new), (
         "the new (label) parameters must receive gradients")
+### END HIDDEN TESTS
 
+### BEGIN HIDDEN TESTS [rebuild]
 
 def test_rebuilds_from_its_config_and_checks_labels():
     from diffusion_lib.models import build_unet

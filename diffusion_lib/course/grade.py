@@ -46,6 +46,8 @@ from .nbgrading import has_autograded_cells, merge_instructor_cells, nb_cells, s
 from .release import is_nbgrader_notebook, release
 from .resume import StateStore, archive_sha256, course_fingerprint
 from .sandbox import DEFAULT_IMAGE, Limits, Sandbox, SandboxError, choose_sandbox, clear_staging, compile_tree, sandbox_tempdir
+from .host_checks import run_host_checks
+from .scoring import assign_checks, hidden_tests_by_check, score_task
 from .tasks import Course, load_course
 
 __all__ = ["grade", "sandbox_available", "LIBRARY_NOTEBOOK", "STATUS_CELL", "Submission"]
@@ -127,6 +129,10 @@ class _Run:
         self.setup_s = time.perf_counter() - started
         if verbose:
             print(f"expected test ids collected in {self.setup_s:.1f} s", flush=True)
+        self.owners = {tid: assign_checks(course.task(tid), ids, hidden_tests_by_check(repo, course.task(tid).tests))
+                       for tid, ids in self.expected.items()}
+        import secrets as _secrets
+        self.probe_seed = _secrets.randbits(32)  # the hidden inputs of host checks, new every run
 
     def fingerprint(self, options: dict) -> str:
         """What every submission's grade depends on besides its archive (see :mod:`.resume`)."""
@@ -224,6 +230,7 @@ class _Run:
             notes: list[str] = []
             score = 0.0
             started = time.perf_counter()
+            verdict = None
             if task.tests:
                 copy = self._copy_for(overlay, f"{sub.student}-{task.id}", task.tests)
                 try:
@@ -242,7 +249,11 @@ class _Run:
                     verdict = judge_tests(self.expected[task.id], result, self.hidden, self.redact, self.reveal,
                                           self.limits.timeout_s)
                     notes += verdict.notes
-                    score = task.auto_points if verdict.ok else 0.0
+                host, host_timed_out, host_outside = run_host_checks(self, sub, task, overlay, result)
+                timed_out |= host_timed_out
+                outside += host_outside
+                score, lines = score_task(task, self.owners[task.id], verdict, host)
+                notes += lines
             if task.annotation:
                 keys = {k for k in self.reference if k.split("::", 1)[0] in task.files}
                 scores = ann.score_annotations({k: self.reference[k] for k in keys}, overlay)

@@ -40,10 +40,16 @@ SUSPICIOUS = (
 
 @dataclass
 class TaskVerdict:
-    """The host's decision on one task's tests: ``ok`` and the notes for the feedback."""
+    """The host's decision on one task's tests: ``ok`` (every expected test passed) and the notes for the
+    feedback; ``sound`` when the session itself can be trusted (finished with status 0 or 1, consistent
+    with its records, no forged line, no unknown id, no time limit), ``passed`` the expected ids that
+    passed and ``failed`` those that failed or errored (per-check scoring reads these)."""
 
     ok: bool
     notes: list[str] = field(default_factory=list)
+    sound: bool = False
+    passed: set = field(default_factory=set)
+    failed: set = field(default_factory=set)
 
 
 def hidden_test_names(repo_root: Path, test_files) -> set[str]:
@@ -118,14 +124,18 @@ def judge_tests(expected: list[str], result: dict, hidden: set[str], redact: Red
     forged = int(result.get("forged_lines") or 0)
     ok = (bool(expected_set) and not missing and not extra and not failed and clean_end and not timed_out
           and not forged)
+    status = finished[-1].get("exitstatus") if finished else None
+    sound = (bool(expected_set) and not extra and not timed_out and not forged and bool(finished)
+             and status in (0, 1) and result.get("returncode") == status and (status == 0) == (not failed))
+    facts = dict(sound=sound, passed=passed & expected_set, failed={n for n, _ in failed})
     if ok:
-        return TaskVerdict(True, [f"all {len(expected_set)} checks passed"])
+        return TaskVerdict(True, [f"all {len(expected_set)} tests passed"], **facts)
     notes = []
     if timed_out:
         notes.append(f"timed out: the tests did not finish within {timeout_s:g} s")
     public_failed = [(n, m) for n, m in failed if not is_hidden(n, hidden)]
     hidden_failed = [(n, m) for n, m in failed if is_hidden(n, hidden)]
-    notes.append(f"{len(passed & expected_set)} of {len(expected_set)} checks passed")
+    notes.append(f"{len(passed & expected_set)} of {len(expected_set)} tests passed")
     for nodeid, message in public_failed[:MAX_FAILURES_SHOWN]:
         first = message.splitlines()[0] if message else ""
         notes.append(redact(f"failed check `{nodeid}`: {first}"))
@@ -151,7 +161,7 @@ def judge_tests(expected: list[str], result: dict, hidden: set[str], redact: Red
         notes.append(f"pytest exited with status {result.get('returncode')}")
     if failed and all("NotImplementedError" in m for _, m in failed):
         notes.insert(0, "not started")
-    return TaskVerdict(False, notes)
+    return TaskVerdict(False, notes, **facts)
 
 
 def scan_submission(files: dict[str, str], baseline: dict[str, str]) -> list[str]:

@@ -133,6 +133,14 @@ def _student_readme(root: Path, course: Course) -> str:
     rows = "\n".join(f"| {t.id} | {t.title} | {t.points:g} | {t.auto_points if t.autograded else 0:g} | "
                      f"{t.manual_points if t.autograded else t.points:g} |" for t in course.tasks)
     table = "| task | title | points | autograded | by hand |\n|---|---|---|---|---|\n" + rows
+    checks = [f"| {t.id} | {c.id} | {c.points:g} | "
+              + ("hidden" if c.hidden else ", ".join(f"`{n}`" for n in c.tests))
+              + (" + decided by the grader" if c.host else "") + f" | {c.description} |"
+              for t in course.tasks for c in t.checks]
+    if checks:
+        table += ("\n\nAutograded points per check (a check scores when all its tests pass; hidden checks run only "
+                  "at grading; the grader decides its own checks on the numbers your code computes):\n\n"
+                  "| task | check | points | tests | what it checks |\n|---|---|---|---|---|\n" + "\n".join(checks))
     template = root / STUDENT_README_TEMPLATE
     if template.is_file():
         return template.read_text(encoding="utf-8").replace("{{title}}", course.title).replace("{{tasks}}", table)

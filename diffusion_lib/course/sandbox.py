@@ -88,6 +88,7 @@ def write_support(folder: Path, bundle_pytest: bool = True) -> Path:
     shutil.copyfile(here / "sandbox_runner.py", folder / "sandbox_runner.py")
     shutil.copyfile(here / "pytest_report.py", folder / "_course_test_report.py")
     shutil.copyfile(here / "sandbox_audit.py", folder / "sitecustomize.py")
+    shutil.copyfile(here / "probe.py", folder / "_course_probe.py")
     site = folder / "site"
     site.mkdir(exist_ok=True)
     if bundle_pytest:

@@ -35,6 +35,7 @@ MAX_JOB_BYTES = 1 << 20
 MAX_RECORDS = 5000
 MAX_MESSAGE = 2000
 MAX_TAIL = 2000
+MAX_PROBE_BYTES = 2 << 20  # the raw data a probe or the tests (COURSE_DATA_FD) hand to the host
 PLUGIN_MODULE = "_course_test_report"
 
 
@@ -165,7 +166,10 @@ def run_pytest_job(job: dict, work: str, env: dict) -> dict:
     token_read, token_write = os.pipe()
     os.write(token_write, key)
     os.close(token_write)
-    env = dict(env, COURSE_REPORT_FD=str(report_fd), COURSE_TOKEN_FD=str(token_read))
+    data_path = os.path.join(env["TMPDIR"], ".data-" + secrets.token_hex(8))
+    data_fd = os.open(data_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    os.unlink(data_path)
+    env = dict(env, COURSE_REPORT_FD=str(report_fd), COURSE_TOKEN_FD=str(token_read), COURSE_DATA_FD=str(data_fd))
     command = [sys.executable, "-P", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", PLUGIN_MODULE,
                "--rootdir", work, "-o", "addopts=", "--color=no", "-o", "cache_dir=" + env["TMPDIR"]]
     if job["kind"] == "collect":
@@ -174,7 +178,7 @@ def run_pytest_job(job: dict, work: str, env: dict) -> dict:
     timeout = float(job.get("timeout_s", 300))
     process = subprocess.Popen(command, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_limits(job),
-                               pass_fds=(report_fd, token_read))
+                               pass_fds=(report_fd, token_read, data_fd))
     os.close(token_read)
     timed_out = False
     try:
@@ -186,8 +190,41 @@ def run_pytest_job(job: dict, work: str, env: dict) -> dict:
     _kill_rest(job, process.pid)
     records, forged = _read_records(report_fd, key)
     os.close(report_fd)
+    os.lseek(data_fd, 0, os.SEEK_SET)
+    data = os.read(data_fd, MAX_PROBE_BYTES + 1)
+    os.close(data_fd)
     return {"records": records, "forged_lines": forged, "returncode": process.returncode, "timed_out": timed_out,
-            "output_tail": out.decode("utf-8", "replace")[-MAX_TAIL:], "outside": _outside_log(env)}
+            "output_tail": out.decode("utf-8", "replace")[-MAX_TAIL:], "outside": _outside_log(env),
+            "data_output": data[:MAX_PROBE_BYTES].decode("utf-8", "replace"), "data_oversized": len(data) > MAX_PROBE_BYTES}
+
+
+def run_probe_job(job: dict, work: str, env: dict) -> dict:
+    """Run the host-check probe (``_course_probe``, see probe.py) on the job's ``probe`` spec in ``work``;
+    its raw output (at most MAX_PROBE_BYTES, else ``probe_oversized``) goes back for the host to parse."""
+    out_path = os.path.join(env["TMPDIR"], ".probe-" + secrets.token_hex(8))
+    out_fd = os.open(out_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    os.unlink(out_path)
+    env = dict(env, COURSE_PROBE_FD=str(out_fd))
+    command = [sys.executable, "-P", "-m", "_course_probe"]
+    timeout = float(job.get("timeout_s", 300))
+    process = subprocess.Popen(command, cwd=work, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_limits(job),
+                               pass_fds=(out_fd,))
+    timed_out = False
+    try:
+        out, _ = process.communicate(json.dumps(job["probe"]).encode("utf-8"), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        _kill_rest({}, process.pid)
+        out, _ = process.communicate()
+    _kill_rest(job, process.pid)
+    os.lseek(out_fd, 0, os.SEEK_SET)
+    data = os.read(out_fd, MAX_PROBE_BYTES + 1)
+    os.close(out_fd)
+    return {"probe_output": data[:MAX_PROBE_BYTES].decode("utf-8", "replace"),
+            "probe_oversized": len(data) > MAX_PROBE_BYTES, "returncode": process.returncode,
+            "timed_out": timed_out, "output_tail": out.decode("utf-8", "replace")[-MAX_TAIL:],
+            "outside": _outside_log(env)}
 
 
 class _WallTime(Exception):
@@ -269,8 +306,10 @@ def main() -> int:
         result = run_pytest_job(job, work, env)
     elif job["kind"] == "notebook":
         result = run_notebook_job(job, work, env)
+    elif job["kind"] == "probe":
+        result = run_probe_job(job, work, env)
     else:
-        raise ValueError(f"unknown job kind {job['kind']!r}; accepted: pytest, collect, notebook")
+        raise ValueError(f"unknown job kind {job['kind']!r}; accepted: pytest, collect, notebook, probe")
     result.update(nonce=job["nonce"], kind=job["kind"])
     write_result(job["out"], result)
     if not job.get("pid_namespace"):

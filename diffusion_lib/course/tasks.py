@@ -13,6 +13,23 @@ TASKS_FILE = "coursework/tasks.yaml"
 ANNOTATIONS_FILE = "coursework/" + "reference_annotations.json"  # instructor-only, never released
 MANIFEST_FILE = "coursework/release_manifest.json"
 TASK_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,31}$")
+HOST_CHECKS = ("schedule", "guidance", "samples")  # checks the host decides on data (see host_checks.py)
+MAX_DESCRIPTION = 200
+
+
+@dataclass(frozen=True)
+class Check:
+    """One scored check of a task: ``points`` earned when every test of it passes (public ``tests`` by
+    function or class name; a ``hidden`` check's tests are the hidden-test region labelled with its id)
+    and, with ``host``, the host's own decision on the data the sandbox computed also passes.
+    ``description`` (required for hidden and host checks) is public: what is checked, not how."""
+
+    id: str
+    points: float
+    tests: tuple[str, ...] = ()
+    hidden: bool = False
+    host: str | None = None
+    description: str = ""
 
 
 @dataclass(frozen=True)
@@ -29,6 +46,7 @@ class Task:
     files: tuple[str, ...] = ()
     manual_points: float = 0.0
     answer_cells: tuple[str, ...] = ()  # grade_ids of the notebook's answer cells graded by hand
+    checks: tuple[Check, ...] = ()  # the autograded points split per check (empty: all tests or nothing)
 
     @property
     def auto_points(self) -> float:
@@ -81,6 +99,53 @@ def _strings(value, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _checks(value, where: str) -> tuple[Check, ...]:
+    """The validated ``checks`` list of one task (see :class:`Check`); ValueError names the bad entry."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{where}: checks must be a non-empty list of mappings; got {value!r}")
+    known = {"id", "points", "tests", "hidden", "host", "description"}
+    checks, seen = [], set()
+    for n, item in enumerate(value):
+        here = f"{where} check {n + 1}"
+        if not isinstance(item, dict):
+            raise ValueError(f"{here}: must be a mapping with {sorted(known)}; got {item!r}")
+        unknown = set(item) - known
+        if unknown:
+            raise ValueError(f"{here}: unknown fields {sorted(unknown)}; accepted: {sorted(known)}")
+        check_id = str(item.get("id", ""))
+        if not TASK_ID.match(check_id):
+            raise ValueError(f"{here}: id {check_id!r} must be 1-32 characters of letters, digits, '.', '_', '-'")
+        if check_id in seen:
+            raise ValueError(f"{here}: duplicate check id {check_id!r}")
+        seen.add(check_id)
+        points = item.get("points")
+        if isinstance(points, bool) or not isinstance(points, (int, float)) or not 0 <= points < float("inf"):
+            raise ValueError(f"{here} ({check_id}): points must be a number >= 0; got {points!r}")
+        hidden = item.get("hidden", False)
+        if not isinstance(hidden, bool):
+            raise ValueError(f"{here} ({check_id}): hidden must be true or false; got {hidden!r}")
+        host = item.get("host")
+        if host is not None and host not in HOST_CHECKS:
+            raise ValueError(f"{here} ({check_id}): host {host!r} is not a host check; accepted: {list(HOST_CHECKS)}")
+        tests = _strings(item.get("tests"), f"{here} ({check_id}) tests")
+        if hidden and tests:
+            raise ValueError(f"{here} ({check_id}): a hidden check names no tests (its tests are the hidden-test "
+                             f"region labelled [{check_id}]); got tests {list(tests)}")
+        if not (tests or hidden or host):
+            raise ValueError(f"{here} ({check_id}): needs tests, hidden: true or a host check")
+        description = item.get("description", "")
+        if not isinstance(description, str) or len(description) > MAX_DESCRIPTION or "\n" in description:
+            raise ValueError(f"{here} ({check_id}): description must be one line of at most {MAX_DESCRIPTION} "
+                             f"characters; got {description!r}")
+        if (hidden or host) and not description.strip():
+            raise ValueError(f"{here} ({check_id}): a hidden or host check needs a public one-line description "
+                             "(what it checks, not how)")
+        checks.append(Check(check_id, float(points), tests, hidden, host, description.strip()))
+    return tuple(checks)
+
+
 def load_course(root: str | Path = ".") -> Course:
     """Read and validate ``coursework/tasks.yaml`` under ``root``.
 
@@ -97,7 +162,7 @@ def load_course(root: str | Path = ".") -> Course:
     if not isinstance(data, dict) or not isinstance(data.get("tasks"), list) or not data["tasks"]:
         raise ValueError(f"{path}: needs a non-empty list 'tasks'")
     known = {"id", "title", "points", "tests", "notebook", "annotation", "files", "manual_points", "description",
-             "answer_cells"}
+             "answer_cells", "checks"}
     tasks, seen = [], set()
     for n, item in enumerate(data["tasks"]):
         where = f"{path}: task {n + 1}"
@@ -123,7 +188,16 @@ def load_course(root: str | Path = ".") -> Course:
                           tests=_strings(item.get("tests"), f"{where} tests"), notebook=item.get("notebook"),
                           annotation=bool(item.get("annotation", False)),
                           files=_strings(item.get("files"), f"{where} files"), manual_points=manual,
-                          answer_cells=_strings(item.get("answer_cells"), f"{where} answer_cells")))
+                          answer_cells=_strings(item.get("answer_cells"), f"{where} answer_cells"),
+                          checks=_checks(item.get("checks"), f"{where} ({task_id})")))
+        task = tasks[-1]
+        if task.checks:
+            total = round(sum(c.points for c in task.checks), 6)
+            if abs(total - task.auto_points) > 1e-6:
+                raise ValueError(f"{where} ({task_id}): the checks' points add up to {total:g}; they must add up "
+                                 f"to the autograded points {task.auto_points:g} (points - manual_points)")
+            if not task.tests:
+                raise ValueError(f"{where} ({task_id}): checks need the task's tests")
         if manual and not tasks[-1].answer_cells:
             raise ValueError(f"{where} ({task_id}): manual_points {manual:g} need answer_cells (the grade_ids of "
                              "the notebook cells graded by hand)")

@@ -189,6 +189,57 @@ def structure_horizon(table: pd.DataFrame, correlation_below: float = 0.1, accur
     return result[[c for c in ("correlation", "accuracy", "ks") if c in result.columns]]
 
 
+def exact_correlation(alphas_cumprod, data_std: float) -> np.ndarray:
+    """The correlation between x_0 and x_t = sqrt(a) x_0 + sqrt(1 - a) eps at every t, computed exactly.
+
+    With independent noise the population Pearson correlation over all values is
+    sqrt(a) s / sqrt(a s^2 + 1 - a), where a = alpha_bar_t and s the standard deviation of the values of
+    x_0: what :func:`correlation` measures on a sample, without its sampling noise.
+
+    Args:
+        alphas_cumprod: alpha_bar_0..alpha_bar_{T-1}, 1-D array-like of numbers in [0, 1].
+        data_std: s > 0 (e.g. :func:`data_std` of the digits).
+
+    Returns:
+        float64 array of the same length, values in [0, 1].
+
+    Raises:
+        ValueError: a value of alphas_cumprod outside [0, 1] or not finite, or data_std <= 0.
+    """
+    a = np.asarray(alphas_cumprod, dtype=np.float64)
+    if a.ndim != 1 or not np.isfinite(a).all() or (a < 0).any() or (a > 1).any():
+        raise ValueError(f"alphas_cumprod must be a 1-D array of finite values in [0, 1]; got shape {a.shape}, "
+                         f"min {np.nanmin(a) if a.size else 'n/a'}, max {np.nanmax(a) if a.size else 'n/a'}")
+    if not np.isfinite(data_std) or data_std <= 0:
+        raise ValueError(f"data_std must be a finite number > 0; got {data_std!r}")
+    signal = np.sqrt(a) * data_std
+    return signal / np.sqrt(a * data_std ** 2 + (1.0 - a))
+
+
+def exact_structure_horizon(alphas_cumprod, data_std: float, correlation_below: float = 0.1) -> int:
+    """The first t (0-based, every t, no grid) at which :func:`exact_correlation` drops below
+    ``correlation_below``; T = len(alphas_cumprod) when it never does. Raises ValueError as it does."""
+    below = np.nonzero(exact_correlation(alphas_cumprod, data_std) < correlation_below)[0]
+    return int(below[0]) if len(below) else len(np.asarray(alphas_cumprod))
+
+
+def library_schedules() -> list[str]:
+    """Names of the schedules the library itself registers (:mod:`diffusion_lib.schedules`), without
+    those registered elsewhere (the homework's, a notebook's)."""
+    from .. import schedules
+
+    return sorted(name for name, fn in schedules._SCHEDULES.items()
+                  if getattr(fn, "__module__", None) == schedules.__name__)
+
+
+def data_std(name: str = "digits") -> float:
+    """Standard deviation of all values of a bundled data set scaled to [-1, 1] (population, float64)."""
+    from ..data import load_dataset
+
+    pixels = load_dataset(name).pixels.double() / 127.5 - 1.0
+    return float(pixels.std(unbiased=False))
+
+
 def schedule_summary(schedules: Mapping[str, NoiseSchedule]) -> pd.DataFrame:
     """A table of each schedule's key numbers.
 
