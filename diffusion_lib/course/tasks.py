@@ -99,6 +99,23 @@ def _strings(value, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _entry_id(item, known: set[str], where: str, seen: set[str], what: str) -> str:
+    """The ``id`` of one task or check mapping, after checking it has only ``known`` fields and an id that
+    matches TASK_ID and is not in ``seen`` (then added). ValueError names the entry and the bad value."""
+    if not isinstance(item, dict):
+        raise ValueError(f"{where}: must be a mapping with {sorted(known)}; got {item!r}")
+    unknown = set(item) - known
+    if unknown:
+        raise ValueError(f"{where}: unknown fields {sorted(unknown)}; accepted: {sorted(known)}")
+    entry_id = str(item.get("id", ""))
+    if not TASK_ID.match(entry_id):
+        raise ValueError(f"{where}: id {entry_id!r} must be 1-32 characters of letters, digits, '.', '_', '-'")
+    if entry_id in seen:
+        raise ValueError(f"{where}: duplicate {what} {entry_id!r}")
+    seen.add(entry_id)
+    return entry_id
+
+
 def _checks(value, where: str) -> tuple[Check, ...]:
     """The validated ``checks`` list of one task (see :class:`Check`); ValueError names the bad entry."""
     if value is None:
@@ -109,17 +126,7 @@ def _checks(value, where: str) -> tuple[Check, ...]:
     checks, seen = [], set()
     for n, item in enumerate(value):
         here = f"{where} check {n + 1}"
-        if not isinstance(item, dict):
-            raise ValueError(f"{here}: must be a mapping with {sorted(known)}; got {item!r}")
-        unknown = set(item) - known
-        if unknown:
-            raise ValueError(f"{here}: unknown fields {sorted(unknown)}; accepted: {sorted(known)}")
-        check_id = str(item.get("id", ""))
-        if not TASK_ID.match(check_id):
-            raise ValueError(f"{here}: id {check_id!r} must be 1-32 characters of letters, digits, '.', '_', '-'")
-        if check_id in seen:
-            raise ValueError(f"{here}: duplicate check id {check_id!r}")
-        seen.add(check_id)
+        check_id = _entry_id(item, known, here, seen, "check id")
         points = item.get("points")
         if isinstance(points, bool) or not isinstance(points, (int, float)) or not 0 <= points < float("inf"):
             raise ValueError(f"{here} ({check_id}): points must be a number >= 0; got {points!r}")
@@ -166,17 +173,7 @@ def load_course(root: str | Path = ".") -> Course:
     tasks, seen = [], set()
     for n, item in enumerate(data["tasks"]):
         where = f"{path}: task {n + 1}"
-        if not isinstance(item, dict):
-            raise ValueError(f"{where} must be a mapping")
-        unknown = set(item) - known
-        if unknown:
-            raise ValueError(f"{where}: unknown fields {sorted(unknown)}; accepted: {sorted(known)}")
-        task_id = str(item.get("id", ""))
-        if not TASK_ID.match(task_id):
-            raise ValueError(f"{where}: id {task_id!r} must be 1-32 characters of letters, digits, '.', '_', '-'")
-        if task_id in seen:
-            raise ValueError(f"{where}: duplicate id {task_id!r}")
-        seen.add(task_id)
+        task_id = _entry_id(item, known, where, seen, "id")
         try:
             points = float(item.get("points"))
             manual = float(item.get("manual_points") or 0.0)
