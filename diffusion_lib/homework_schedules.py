@@ -20,7 +20,8 @@ is nearly pure noise); the betas never decrease; and the correlation between x_0
 bundled digits stays >= 0.1 for strictly more steps than with EVERY schedule the library registers
 (linear, cosine, sigmoid, sqrt, jsd, ...; computed exactly with
 :func:`diffusion_lib.experiments.forward.exact_structure_horizon` at T = 1000). Returning a registered
-schedule (``return cosine(T)``) or a trivial reparametrisation of one scores nothing on that check. The
+schedule (``return cosine(T)``) or a trivial reparametrisation of one scores nothing: that check is the
+task's gate, so the validity checks count only once it passes. The
 grader recomputes your betas and the horizon itself (for T = 10, 250 and 1000).
 """
 

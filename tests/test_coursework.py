@@ -4,9 +4,10 @@
 solutions (taken from this repository) and annotated scores full marks; (c) one known wrong answer per task
 (guidance written as (1 + w) eps_c - w eps_u with our w, a ConditionalUNet that ignores its labels, a schedule
 whose betas reach 1) loses exactly those tasks, with feedback naming the failed check; (d) nothing instructor-only
-survives in the release; (e) Task 1 answered with the library's cosine schedule verbatim earns nothing on the
-horizon check; (f) a submission that forges pytest's outcome in-process (it patches pytest's test call so every
-test "passes"; its static-scan flag is cleared for this run) still fails the checks the host decides on data.
+survives in the release; (e) Task 1 answered with the library's cosine schedule verbatim earns nothing (the
+horizon check is Task 1's gate); (f) a submission that forges pytest's outcome in-process (it patches pytest's
+test call so every test "passes"; its static-scan flag is cleared for this run) still fails the checks the host
+decides on data.
 Instructor-only (tasks.yaml); marker lines are written through placeholders here.
 """
 
@@ -217,10 +218,11 @@ def test_wrong_answers_lose_exactly_their_checks(graded):
 
 def test_cosine_verbatim_earns_nothing_on_the_horizon(graded):
     row = graded["rows"]["cosine"]
-    assert {k: row[k] for k in AUTOGRADED} == FULL | {"task_1": "0.30"}
+    assert {k: row[k] for k in AUTOGRADED} == FULL | {"task_1": "0.00"}
     feedback = (graded["out"] / "feedback/cosine.md").read_text()
     assert "`horizon` (0 of 0.7 points)" in feedback and "got t = 914" in feedback, feedback
-    assert "check `valid` (0.2 of 0.2 points)" in feedback
+    assert "check `valid` (0.2 of 0.2 points)" in feedback   # reported as passed, withheld by the gate
+    assert "no points for this task: its check `horizon` must pass before the others count" in feedback
 
 
 def test_forged_pytest_passes_do_not_earn_the_host_checks(graded):
@@ -228,7 +230,7 @@ def test_forged_pytest_passes_do_not_earn_the_host_checks(graded):
     assert row["flagged"].startswith("cleared by the instructor"), row["flagged"]
     # every test "passed"; the horizon (0.7), guidance (0.25) and samples (0.2) checks are decided on data
     # (the forged measurement never sampled, so no samples reached the host)
-    assert {k: row[k] for k in ("task_1", "task_3.2b")} == {"task_1": "0.30", "task_3.2b": "0.30"}
+    assert {k: row[k] for k in ("task_1", "task_3.2b")} == {"task_1": "0.00", "task_3.2b": "0.30"}
     feedback = (graded["out"] / "feedback/forged.md").read_text()
     assert "grader's check: no samples came back" in feedback
     assert "grader's check: expected the structure horizon" in feedback

@@ -122,11 +122,34 @@ def test_an_unsound_session_scores_no_test_check(owners):
 
 def test_a_forged_pass_does_not_earn_a_host_check(owners):
     """pytest reports every test passed (say the student's module patched the test machinery in-process):
-    the host's own decision on the data still fails the horizon check."""
+    the host's own decision on the data still fails the horizon check, and with it Task 1 (its gate)."""
     task, owned = owners["1"]
     score, lines = score_task(task, owned, _verdict(owned), {"horizon": (False, "horizon t = 914 <= 982")})
-    assert score == pytest.approx(0.3)
+    assert score == 0
     assert any("`horizon` (0 of 0.7 points)" in line and "grader's check: horizon t = 914" in line for line in lines)
+    assert lines[-1] == "no points for this task: its check `horizon` must pass before the others count " \
+                        "(0.3 points withheld)"
+
+
+def test_the_gate_withholds_only_while_it_fails(owners):
+    """Task 1's gate is the horizon: valid betas that do not beat the registered schedules earn nothing; with
+    the horizon passed, a failed validity check still costs only its own points."""
+    task, owned = owners["1"]
+    assert task.gate == "horizon"
+    assert score_task(task, owned, _verdict(owned), {"horizon": (True, "")})[0] == pytest.approx(1.0)
+    score, lines = score_task(task, owned, _verdict(owned, failing=["test_registered_as_homework"]),
+                              {"horizon": (True, "")})
+    assert score == pytest.approx(0.8) and not any("withheld" in line for line in lines)
+
+
+def test_a_gate_must_name_one_of_the_tasks_checks(tmp_path):
+    _course_with(tmp_path, [GOOD])
+    path = tmp_path / "coursework/tasks.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["tasks"][0]["gate"] = "horizon"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ValueError, match=r"gate 'horizon' must name one of the task's checks; accepted: \['a'\]"):
+        load_course(tmp_path)
 
 
 # ---- the host's decisions on data ----

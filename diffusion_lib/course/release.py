@@ -141,6 +141,9 @@ def _student_readme(root: Path, course: Course) -> str:
         table += ("\n\nAutograded points per check (a check scores when all its tests pass; hidden checks run only "
                   "at grading; the grader decides its own checks on the numbers your code computes):\n\n"
                   "| task | check | points | tests | what it checks |\n|---|---|---|---|---|\n" + "\n".join(checks))
+        gates = [f"task {t.id}: `{t.gate}`" for t in course.tasks if t.gate]
+        if gates:
+            table += ("\n\nGates (a task earns nothing until its gate check passes): " + "; ".join(gates) + ".")
     template = root / STUDENT_README_TEMPLATE
     if template.is_file():
         return template.read_text(encoding="utf-8").replace("{{title}}", course.title).replace("{{tasks}}", table)

@@ -65,17 +65,20 @@ def assign_checks(task, expected: list[str], hidden_by_label: dict) -> dict[str,
 def score_task(task, owners: dict[str, list[str]], verdict: TaskVerdict | None,
                host: dict[str, tuple[bool, str]]) -> tuple[float, list[str]]:
     """(points earned, one feedback line per check) from the test ``verdict`` (None: no result) and the
-    ``host`` decisions (check id -> (passed, note)) of the task's host checks."""
+    ``host`` decisions (check id -> (passed, note)) of the task's host checks. When the task's ``gate`` check
+    fails, the task earns nothing (its other checks are still reported)."""
     if not task.checks:
         ok = verdict is not None and verdict.ok
         return (task.auto_points if ok else 0.0), []
-    score, lines = 0.0, []
+    score, lines, gate_passed = 0.0, [], True
     for check in task.checks:
         ids = owners.get(check.id, [])
         tests_ok = (verdict is not None and verdict.sound and all(i in verdict.passed for i in ids)
                     and not any(i in verdict.failed for i in ids))
         host_ok, host_note = host.get(check.id, (True, "")) if check.host else (True, "")
         passed = tests_ok and host_ok
+        if check.id == task.gate:
+            gate_passed = passed
         score += check.points if passed else 0.0
         kind = "hidden check" if check.hidden else ("check (decided by the grader)" if check.host else "check")
         about = f": {check.description}" if check.description else ""
@@ -89,4 +92,8 @@ def score_task(task, owners: dict[str, list[str]], verdict: TaskVerdict | None,
         lines.append(f"{kind} `{check.id}` ({check.points:g} of {check.points:g} points){about}: passed"
                      if passed else
                      f"{kind} `{check.id}` (0 of {check.points:g} points){about}: failed ({'; '.join(why)})")
+    if not gate_passed:   # e.g. Task 1: a valid schedule that is no better than a registered one earns nothing
+        lines.append(f"no points for this task: its check `{task.gate}` must pass before the others count "
+                     f"({score:g} points withheld)")
+        score = 0.0
     return round(score, 6), lines

@@ -47,6 +47,7 @@ class Task:
     manual_points: float = 0.0
     answer_cells: tuple[str, ...] = ()  # grade_ids of the notebook's answer cells graded by hand
     checks: tuple[Check, ...] = ()  # the autograded points split per check (empty: all tests or nothing)
+    gate: str | None = None  # a check that must pass before any check of the task scores (the task's point)
 
     @property
     def auto_points(self) -> float:
@@ -169,7 +170,7 @@ def load_course(root: str | Path = ".") -> Course:
     if not isinstance(data, dict) or not isinstance(data.get("tasks"), list) or not data["tasks"]:
         raise ValueError(f"{path}: needs a non-empty list 'tasks'")
     known = {"id", "title", "points", "tests", "notebook", "annotation", "files", "manual_points", "description",
-             "answer_cells", "checks"}
+             "answer_cells", "checks", "gate"}
     tasks, seen = [], set()
     for n, item in enumerate(data["tasks"]):
         where = f"{path}: task {n + 1}"
@@ -186,8 +187,12 @@ def load_course(root: str | Path = ".") -> Course:
                           annotation=bool(item.get("annotation", False)),
                           files=_strings(item.get("files"), f"{where} files"), manual_points=manual,
                           answer_cells=_strings(item.get("answer_cells"), f"{where} answer_cells"),
-                          checks=_checks(item.get("checks"), f"{where} ({task_id})")))
+                          checks=_checks(item.get("checks"), f"{where} ({task_id})"),
+                          gate=item.get("gate")))
         task = tasks[-1]
+        if task.gate is not None and task.gate not in {c.id for c in task.checks}:
+            raise ValueError(f"{where} ({task_id}): gate {task.gate!r} must name one of the task's checks; "
+                             f"accepted: {[c.id for c in task.checks]}")
         if task.checks:
             total = round(sum(c.points for c in task.checks), 6)
             if abs(total - task.auto_points) > 1e-6:
