@@ -12,9 +12,10 @@ What a course lives through, in order (the tests of this file share one hub and 
 3. one student edits the library; the server is stopped and started again and the edit is still there;
 4. from inside each container: only the student's own volume, the read-only datasets and their own hand-in
    folder are mounted; nobody else's files or hand-in are reachable;
-5. each student hands in with `course handin --submit`; the instructor runs `course collect` on the hub's
-   hand-in folder and `course grade` (Docker sandbox, the student image) on what it collected: one line per
-   student;
+5. each student hands in with `course handin --submit` (the last one after a deadline); the instructor runs
+   `course collect --deadline` on the hub's hand-in folder (only the last one is LATE) and `course grade`
+   (Docker sandbox, the student image) on what it collected: one line per student, and each hand-in time
+   in the gradebook;
 6. the instructor's own server (the instructor image, as hub admins get) serves formgrader, opened in its
    own tab (nbgrader#1870: formgrader inside JupyterLab's frame is refused under JupyterHub's CSP);
 7. idle culling: with a 20 s timeout an untouched server is stopped by jupyterhub-idle-culler.
@@ -36,6 +37,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -398,6 +400,10 @@ def test_no_student_reaches_another_students_work(hub, classroom):
 def test_each_student_hands_in_and_the_instructor_grades_them(hub, classroom, tmp_path):
     start = time.monotonic()
     for student in STUDENTS:
+        if student == STUDENTS[-1]:   # the deadline passes just before the last one hands in
+            time.sleep(1.5)
+            deadline = datetime.now(timezone.utc).replace(microsecond=0)
+            time.sleep(1.5)
         flags = "" if student == STUDENTS[0] else " --allow-empty"   # only the first one edited something
         out = hub.exec(student, f"python -m diffusion_lib course handin --submit{flags}").stdout
         assert "/handin" in out, out
@@ -407,9 +413,11 @@ def test_each_student_hands_in_and_the_instructor_grades_them(hub, classroom, tm
                       check=False)
     assert attack.returncode != 0
     collected = tmp_path / "submissions"
-    run([sys.executable, "-m", "diffusion_lib", "course", "collect", str(hub.handins), "--output", str(collected)],
-        cwd=REPO, timeout=300)
+    listing = run([sys.executable, "-m", "diffusion_lib", "course", "collect", str(hub.handins), "--output",
+                   str(collected), "--deadline", deadline.isoformat()], cwd=REPO, timeout=300).stdout
     assert sorted(p.name for p in collected.iterdir()) == sorted(f"{s}.tar.gz" for s in STUDENTS)
+    late = {s for s in STUDENTS if any(s in line and "LATE" in line for line in listing.splitlines())}
+    assert late == {STUDENTS[-1]}, listing
     start = time.monotonic()
     grading = tmp_path / "grading"
     run([sys.executable, "-m", "diffusion_lib", "course", "grade", str(collected), "--output", str(grading),
@@ -418,6 +426,16 @@ def test_each_student_hands_in_and_the_instructor_grades_them(hub, classroom, tm
     with open(grading / "grades.csv", newline="") as f:
         rows = {row["student"]: row for row in csv.DictReader(f)}
     assert set(rows) == set(STUDENTS), rows
+    # the gradebook (formgrader's) shows each hand-in time: the archive's time, which collect kept
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{grading / 'gradebook.db'}") as gb:
+        for student in STUDENTS:
+            stamp = gb.find_submission("coursework", student).timestamp
+            handed_in = datetime.fromtimestamp((collected / f"{student}.tar.gz").stat().st_mtime, timezone.utc)
+            assert stamp is not None and abs(stamp.replace(tzinfo=timezone.utc) - handed_in) < timedelta(seconds=1), \
+                (student, stamp, handed_in)
+            assert (stamp.replace(tzinfo=timezone.utc) > deadline) == (student == STUDENTS[-1])
 
 
 def test_the_instructor_opens_formgrader_through_the_hub(hub, classroom):
