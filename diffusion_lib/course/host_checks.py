@@ -23,6 +23,7 @@ host's own computation. A malformed answer fails the check with a note saying wh
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -102,13 +103,19 @@ def _numbers(value, length: int, what: str) -> list[float]:
 
 
 def library_horizons(length: int = HORIZON_T) -> dict[str, int]:
-    """The exact structure horizon of every schedule the host's library registers, at T = ``length``."""
+    """The exact structure horizon of every schedule the host's library registers, at T = ``length``
+    (computed once per process and length: the same for every submission of a grade run)."""
+    return dict(_library_horizons(length))
+
+
+@functools.lru_cache(maxsize=None)
+def _library_horizons(length: int) -> tuple[tuple[str, int], ...]:
     from ..experiments.forward import data_std, exact_structure_horizon, library_schedules
     from ..schedules import NoiseSchedule
 
     std = data_std("digits")
-    return {name: exact_structure_horizon(NoiseSchedule(name, length).alphas_cumprod.double().numpy(), std)
-            for name in library_schedules()}
+    return tuple((name, exact_structure_horizon(NoiseSchedule(name, length).alphas_cumprod.double().numpy(), std))
+                 for name in library_schedules())
 
 
 def judge_schedule(data: dict) -> str:

@@ -19,6 +19,7 @@ every registered schedule, built there once). These are the measurements noteboo
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -232,8 +233,10 @@ def library_schedules() -> list[str]:
                   if getattr(fn, "__module__", None) == schedules.__name__)
 
 
+@lru_cache(maxsize=None)
 def data_std(name: str = "digits") -> float:
-    """Standard deviation of all values of a bundled data set scaled to [-1, 1] (population, float64)."""
+    """Standard deviation of all values of a bundled data set scaled to [-1, 1] (population, float64).
+    Computed once per process (the bundled data does not change)."""
     from ..data import load_dataset
 
     pixels = load_dataset(name).pixels.double() / 127.5 - 1.0
