@@ -106,3 +106,66 @@ def test_handin_submit_without_a_hub_says_what_to_do(tmp_path):
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 2, done
     assert "COURSE_HANDIN_DIR is not set" in done.stderr
+
+
+# --- the "Hand in" button of handin.ipynb (diffusion_lib/course/handin_button.py) --------------------------
+
+def _student_copy(root):
+    """A release with one library file, as released (its hash in the manifest)."""
+    import hashlib
+    import json
+
+    from diffusion_lib.course.handin import MANIFEST_FILE
+
+    library = root / "diffusion_lib" / "homework_schedules.py"
+    library.parent.mkdir(parents=True)
+    library.write_text("def homework_schedule(T):\n    raise NotImplementedError('Task 1')\n")
+    manifest = root / MANIFEST_FILE
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    manifest.write_text(json.dumps({"files": {
+        "diffusion_lib/homework_schedules.py": hashlib.sha256(library.read_bytes()).hexdigest()}}))
+    return library
+
+
+def test_the_button_hands_in_what_changed_and_says_why_when_it_cannot(tmp_path, monkeypatch):
+    from diffusion_lib.course.handin_button import hand_in
+
+    monkeypatch.delenv("COURSE_HANDIN_DIR", raising=False)
+    root, folder = tmp_path / "release", tmp_path / "handin"
+    library = _student_copy(root)
+    folder.mkdir()
+    untouched = hand_in(root, handin_dir=folder)
+    assert untouched.state == "refused" and "nothing to hand in" in untouched.text, untouched
+    assert list(folder.iterdir()) == []
+    library.write_text("def homework_schedule(T):\n    return T\n")
+    outside_the_hub = hand_in(root)
+    assert outside_the_hub.state == "written" and "COURSE_HANDIN_DIR is not set" in outside_the_hub.text
+    assert list(folder.iterdir()) == []
+    assert hand_in(root, handin_dir=tmp_path / "nowhere").state == "refused"
+    monkeypatch.setenv("COURSE_HANDIN_DIR", str(folder))
+    done = hand_in(root)
+    assert done.state == "submitted", done
+    assert "diffusion_lib/homework_schedules.py" in done.text and f"submitted: {folder / SUBMITTED_NAME}" in done.text
+    with tarfile.open(folder / SUBMITTED_NAME) as tf:
+        assert b"return T" in tf.extractfile("diffusion_lib/homework_schedules.py").read()
+
+
+def test_the_button_widget_runs_the_hand_in_on_click(tmp_path, monkeypatch):
+    pytest.importorskip("ipywidgets")
+    import ipywidgets
+
+    from diffusion_lib.course.handin_button import handin_button
+
+    root, folder = tmp_path / "release", tmp_path / "handin"
+    _student_copy(root)
+    folder.mkdir()
+    monkeypatch.setenv("COURSE_HANDIN_DIR", str(folder))
+    box = handin_button(root)
+    button, empty = box.children[0].children
+    assert isinstance(button, ipywidgets.Button) and button.description == "Hand in"
+    button.click()      # untouched: refused, nothing written
+    assert "course-handin-refused" in box.children[1].value and not (folder / SUBMITTED_NAME).exists()
+    empty.value = True  # "hand in even if nothing changed"
+    button.click()
+    assert "course-handin-submitted" in box.children[1].value and (folder / SUBMITTED_NAME).is_file()
+    assert not button.disabled

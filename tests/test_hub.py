@@ -12,12 +12,15 @@ What a course lives through, in order (the tests of this file share one hub and 
 3. one student edits the library; the server is stopped and started again and the edit is still there;
 4. from inside each container: only the student's own volume, the read-only datasets and their own hand-in
    folder are mounted; nobody else's files or hand-in are reachable;
-5. each student hands in with `course handin --submit` (the last one after a deadline); the instructor runs
-   `course collect --deadline` on the hub's hand-in folder (only the last one is LATE) and `course grade`
-   (Docker sandbox, the student image) on what it collected: one line per student, and each hand-in time
-   in the gradebook;
-6. the instructor's own server (the instructor image, as hub admins get) serves formgrader, opened in its
-   own tab (nbgrader#1870: formgrader inside JupyterLab's frame is refused under JupyterHub's CSP);
+5. each student hands in: the first with the "Hand in" button of the release's handin.ipynb, in the browser,
+   the others with `course handin --submit` in their server (the last one after a deadline); the instructor
+   runs `course collect --deadline` on the hub's hand-in folder (only the last one is LATE) and `course grade`
+   (Docker sandbox, the student image) on what it collected, into the hub's grading folder: one line per
+   student, and each hand-in time in the gradebook;
+6. the instructor's own server (the instructor image, as hub admins get, with the grading folder mounted)
+   serves formgrader on that graded course, opened in its own tab (nbgrader#1870: formgrader inside
+   JupyterLab's frame is refused under JupyterHub's CSP): the three students' submissions are listed, a hand
+   grade entered there reaches the host's gradebook, and no student's server has the grading folder;
 7. idle culling: with a 20 s timeout an untouched server is stopped by jupyterhub-idle-culler.
 
 Everything is stopped and removed at the end (containers, the users' volumes, the hub's volume and network).
@@ -55,6 +58,8 @@ HUB_IMAGE = "diffusion-lib-test-hub:latest"
 INSTRUCTOR = "testprof"
 STUDENTS = ("testada", "testben", "testcleo")
 PASSWORD = "quiet-river-4721-lantern"
+STUDENT_UID = 1000                                   # the images' student user (COURSE_STUDENT_UID's default)
+HAND_GRADED = ("part1_forward_process", "p1_analysis")   # a notebook and its hand-graded answer cell
 UI_MS = 60_000
 SPAWN_MS = 300_000
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -79,6 +84,7 @@ class Hub:
         self.engine, self.workdir, self.images, self.env = engine, workdir, images, env
         self.url = f"http://127.0.0.1:{env['HUB_PORT']}"
         self.handins = Path(env["COURSE_HANDINS_HOST_DIR"])
+        self.grading = Path(env["COURSE_GRADING_HOST_DIR"])
         self.timeline: dict = {}
         self._token = None
 
@@ -167,7 +173,7 @@ def hub(docker_engine, course_images, tmp_path_factory):
         pytest.fail(f"a container named {HUB_CONTAINER} of project {other.stdout.strip()!r} runs on this engine: "
                     "the test will not replace a real hub")
     workdir = tmp_path_factory.mktemp("hub")
-    handins, datasets = workdir / "handins", workdir / "datasets"
+    handins, datasets, grading = workdir / "handins", workdir / "datasets", workdir / "grading"
     handins.mkdir()
     datasets.mkdir()
     (datasets / "README.txt").write_text("shared, read-only\n")
@@ -175,6 +181,7 @@ def hub(docker_engine, course_images, tmp_path_factory):
            "COURSE_STUDENT_IMAGE": course_images.student, "COURSE_INSTRUCTOR_IMAGE": course_images.instructor,
            "COURSE_ADMINS": INSTRUCTOR, "COURSE_OPEN_SIGNUP": "false",
            "COURSE_HANDINS_HOST_DIR": str(handins), "COURSE_DATASETS_HOST_DIR": str(datasets),
+           "COURSE_GRADING_HOST_DIR": str(grading),
            "COURSE_CPU_MEM": "4G", "COURSE_CPU_CORES": "2"}
     servers = LocalIndexServers()
     try:
@@ -377,6 +384,7 @@ def test_no_student_reaches_another_students_work(hub, classroom):
     for student in STUDENTS:
         mounts = {line.split()[4]: line for line in hub.exec(student, "cat /proc/self/mountinfo").stdout.splitlines()}
         assert {"/workspace", "/workspace/datasets", "/handin"} <= set(mounts), sorted(mounts)
+        assert "/workspace/grading" not in mounts, "a student's server has the grading folder"
         assert " ro," in mounts["/workspace/datasets"] or mounts["/workspace/datasets"].split()[5].startswith("ro")
         volume = json.loads(hub.engine.docker("container", "inspect", f"course-{student}").stdout)[0]["Mounts"]
         sources = {m["Destination"]: m for m in volume}
@@ -397,6 +405,32 @@ def test_no_student_reaches_another_students_work(hub, classroom):
         assert (st.st_uid, st.st_mode & 0o777) == (1000, 0o700)
 
 
+def _hand_in_with_the_button(page, hub, user):
+    """Opens the release's handin.ipynb, runs its cell and presses "Hand in"; returns the text under it."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    from playwright.sync_api import expect
+
+    page.goto(f"{hub.url}/user/{user}/lab/tree/handin.ipynb", timeout=UI_MS)
+    panel = page.locator(".jp-NotebookPanel:visible")
+    expect(panel.locator(".jp-Notebook .jp-CodeCell").first).to_be_visible(timeout=UI_MS)
+    try:   # as in _run_homework_cell: Lab may ask for the kernel on a server's first start
+        page.locator(".jp-Dialog .jp-mod-accept").click(timeout=10_000)
+    except PlaywrightTimeout:
+        pass
+    expect(panel.locator(".jp-Notebook-ExecutionIndicator")).to_have_attribute("data-status", "idle", timeout=UI_MS)
+    panel.locator(".jp-CodeCell").first.locator(".jp-InputPrompt").click()
+    page.keyboard.press("Escape")
+    page.keyboard.press("Shift+Enter")
+    button = panel.get_by_role("button", name="Hand in")
+    expect(button).to_be_visible(timeout=UI_MS)
+    button.click()
+    try:
+        expect(panel.locator(".course-handin-submitted")).to_be_visible(timeout=UI_MS)
+    finally:
+        page.screenshot(path=str(ARTIFACTS / "hub-handin-button.png"))
+    return panel.locator(".jp-CodeCell").first.inner_text()
+
+
 def test_each_student_hands_in_and_the_instructor_grades_them(hub, classroom, tmp_path):
     start = time.monotonic()
     for student in STUDENTS:
@@ -404,10 +438,14 @@ def test_each_student_hands_in_and_the_instructor_grades_them(hub, classroom, tm
             time.sleep(1.5)
             deadline = datetime.now(timezone.utc).replace(microsecond=0)
             time.sleep(1.5)
-        flags = "" if student == STUDENTS[0] else " --allow-empty"   # only the first one edited something
-        out = hub.exec(student, f"python -m diffusion_lib course handin --submit{flags}").stdout
+        if student == STUDENTS[0]:    # the one who edited the library hands in with the notebook's button
+            out = _hand_in_with_the_button(classroom["pages"][student], hub, student)
+            assert "homework_schedules.py" in out and "submitted: /handin/submission.tar.gz" in out, out
+            continue
+        out = hub.exec(student, "python -m diffusion_lib course handin --submit --allow-empty").stdout
         assert "/handin" in out, out
     hub.timeline["handin_seconds"] = round(time.monotonic() - start, 1)
+    assert sorted(p.name for p in (hub.handins / STUDENTS[0]).iterdir()) == ["submission.tar.gz"]
     # One student cannot overwrite another's hand-in: their folder is not there to write to.
     attack = hub.exec(STUDENTS[1], f"cp /handin/submission.tar.gz /handin/../{STUDENTS[0]}/submission.tar.gz",
                       check=False)
@@ -419,10 +457,12 @@ def test_each_student_hands_in_and_the_instructor_grades_them(hub, classroom, tm
     late = {s for s in STUDENTS if any(s in line and "LATE" in line for line in listing.splitlines())}
     assert late == {STUDENTS[-1]}, listing
     start = time.monotonic()
-    grading = tmp_path / "grading"
+    grading = hub.grading    # the folder the staff's servers mount (COURSE_GRADING_HOST_DIR)
     run([sys.executable, "-m", "diffusion_lib", "course", "grade", str(collected), "--output", str(grading),
          "--sandbox", "docker", "--image", hub.images.student, "--jobs", "1"], cwd=REPO, timeout=1800)
     hub.timeline["grade_seconds"] = round(time.monotonic() - start, 1)
+    # as docs/class.md says: the staff's server (the image's user) saves hand grades into this folder
+    run(["chown", "-R", f"{STUDENT_UID}:{STUDENT_UID}", str(grading)])
     with open(grading / "grades.csv", newline="") as f:
         rows = {row["student"]: row for row in csv.DictReader(f)}
     assert set(rows) == set(STUDENTS), rows
@@ -447,9 +487,36 @@ def test_the_instructor_opens_formgrader_through_the_hub(hub, classroom):
     hub.timeline["instructor_spawn_seconds"] = seconds
     inspect = json.loads(hub.engine.docker("container", "inspect", f"course-{INSTRUCTOR}").stdout)[0]
     assert inspect["Config"]["Image"] == hub.images.instructor, "an admin's server is not the instructor image"
+    mounts = {line.split()[4] for line in hub.exec(INSTRUCTOR, "cat /proc/self/mountinfo").stdout.splitlines()}
+    assert "/workspace/grading" in mounts, sorted(mounts)
     page.goto(f"{hub.url}/user/{INSTRUCTOR}/formgrader", timeout=UI_MS)
     expect(page.get_by_text("Manage Assignments").first).to_be_visible(timeout=UI_MS)
+    # formgrader is on the graded course: the grading folder's gradebook, every student's submission
+    page.goto(f"{hub.url}/user/{INSTRUCTOR}/formgrader/manage_students", timeout=UI_MS)
+    for student in STUDENTS:
+        expect(page.get_by_role("link", name=student).first).to_be_visible(timeout=UI_MS)
     page.screenshot(path=str(ARTIFACTS / "hub-formgrader.png"))
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{hub.grading / 'gradebook.db'}") as gb:
+        submission = gb.find_submission_notebook(HAND_GRADED[0], "coursework", STUDENTS[0]).id
+    page.goto(f"{hub.url}/user/{INSTRUCTOR}/formgrader/submissions/{submission}/", timeout=UI_MS)
+    score = page.locator(f"input.score#{HAND_GRADED[1]}")
+    expect(score).to_be_visible(timeout=UI_MS)
+    expect(page.locator(f"input.extra-credit#{HAND_GRADED[1]}_extra_credit")).to_have_attribute(
+        "placeholder", "0", timeout=UI_MS)      # formgrader has loaded the grades: now type
+    page.wait_for_load_state("networkidle")
+    score.fill("0.25")
+    score.press("Tab")
+    page.screenshot(path=str(ARTIFACTS / "hub-formgrader-hand-grade.png"))
+    deadline = time.monotonic() + 30           # formgrader's PUT reaches the host's gradebook
+    while True:
+        with Gradebook(f"sqlite:///{hub.grading / 'gradebook.db'}") as gb:
+            saved = gb.find_grade(HAND_GRADED[1], HAND_GRADED[0], "coursework", STUDENTS[0]).manual_score
+        if saved is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert saved == 0.25, saved
     # Students are not admins: their server is the student image, which has no grader.
     student_page = classroom["pages"][STUDENTS[1]]
     response = student_page.goto(f"{hub.url}/user/{INSTRUCTOR}/formgrader", timeout=UI_MS)

@@ -220,18 +220,58 @@ def test_start_mounts_the_students_volume_datasets_and_handin_only(monkeypatch, 
     assert started["image"] == spawner.image
 
 
-def test_admins_get_the_instructor_image(monkeypatch, tmp_path, spawner_module):
-    spawner = _spawner(spawner_module, monkeypatch, tmp_path, admin=True, COURSE_INSTRUCTOR_IMAGE="course:instructor")
+@pytest.mark.parametrize("admin", [True, False])
+def test_admins_get_the_instructor_image_and_the_grading_folder_students_neither(monkeypatch, tmp_path,
+                                                                                 spawner_module, admin):
+    spawner = _spawner(spawner_module, monkeypatch, tmp_path, admin=admin, COURSE_INSTRUCTOR_IMAGE="course:instructor",
+                       COURSE_STUDENT_IMAGE="course:student", COURSE_GRADING_HOST_DIR="/srv/course/grading")
     spawner_module.apply_profile(spawner, {"profile": "cpu"})
     seen = {}
 
     async def fake_start(self):
-        seen["image"] = self.image
+        seen.update(image=self.image, volumes=self.volumes, environment=self.environment)
         return ("10.0.0.3", 8888)
 
     monkeypatch.setattr(spawner_module.DockerSpawner, "start", fake_start)
     asyncio.run(spawner.start())
-    assert seen["image"] == "course:instructor"
+    grading = seen["volumes"].get("/srv/course/grading")
+    if admin:
+        assert seen["image"] == "course:instructor"
+        assert grading == {"bind": "/workspace/grading", "mode": "rw"}
+        assert seen["environment"]["COURSE_GRADING_DIR"] == "/workspace/grading"
+    else:
+        assert seen["image"] == "course:student"
+        assert grading is None and "COURSE_GRADING_DIR" not in seen["environment"]
+        assert not any("grading" in str(v) for v in seen["volumes"].values()), seen["volumes"]
+
+
+def test_the_instructor_repositorys_nbgrader_config_points_formgrader_at_the_grading_folder(tmp_path, monkeypatch):
+    """nbgrader_config.py at the repository's top (the staff server's working folder) loads the grading
+    folder's own config, which `course grade` wrote; a link there is not followed."""
+    pytest.importorskip("nbgrader")
+    from nbgrader.apps import NbGrader
+    from nbgrader.coursedir import CourseDirectory
+
+    from diffusion_lib.course.nbcourse import config_text
+
+    def course_root():
+        app = NbGrader()
+        app.load_config_file()
+        coursedir = CourseDirectory()
+        coursedir._load_config(app.config)
+        return coursedir.course_id, coursedir.root, coursedir.db_url
+
+    grading = tmp_path / "grading"
+    grading.mkdir()
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("COURSE_GRADING_DIR", str(grading))
+    assert course_root()[1] == str(REPO)                  # no grading yet: nbgrader's defaults
+    (grading / "nbgrader_config.py").write_text(config_text("diffusion-course", grading / "gradebook.db"))
+    assert course_root() == ("diffusion-course", str(grading), f"sqlite:///{grading / 'gradebook.db'}")
+    (grading / "nbgrader_config.py").unlink()
+    (tmp_path / "elsewhere.py").write_text(config_text("forged", tmp_path / "x.db"))
+    (grading / "nbgrader_config.py").symlink_to(tmp_path / "elsewhere.py")
+    assert course_root()[0] != "forged"
 
 
 def test_the_login_page_is_the_one_fixed_for_jupyterhub_6(monkeypatch):

@@ -12,6 +12,9 @@ What it adds to DockerSpawner (dockerspawner 14), each a setting in jupyterhub_c
 * **The hand-in folder**: the host's ``<handins>/<user>`` (created here, owned by the image's student user,
   mode 0700) mounted at ``/handin``. A student's container sees only its own folder, so no student can read
   another's work or hand-in; ``course handin --submit`` writes there and ``course collect`` gathers them.
+* **The grading folder**, for admins only: the host's folder that ``course grade`` writes, read-write at
+  ``/workspace/grading`` of the staff's server (``$COURSE_GRADING_DIR``), where the instructor repository's
+  ``nbgrader_config.py`` points formgrader (hand grades are saved into its gradebook). Students never get it.
 
 Raises (at spawn, shown on the spawn page): HTTP 400 for a profile that is not offered; ValueError for a
 user name that cannot name a folder or a hand-in folder that is not a plain folder.
@@ -27,6 +30,7 @@ from dockerspawner import DockerSpawner
 from traitlets import Dict, Integer, Unicode, default
 
 SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+GRADING_MOUNT = "/workspace/grading"   # where the instructor repository's nbgrader_config.py looks
 
 
 class CourseSpawner(DockerSpawner):
@@ -43,6 +47,9 @@ class CourseSpawner(DockerSpawner):
                                help="the same folder as the Docker engine sees it (bind source; default: handins_dir)")
     student_uid = Integer(1000, config=True, help="uid of the image's student user (owner of the hand-in folder)")
     student_gid = Integer(1000, config=True, help="gid of the image's student user")
+    grading_host_dir = Unicode("", config=True,
+                               help="the host's grading folder (course grade --output), mounted read-write at "
+                                    "/workspace/grading of admins' servers only (empty: none)")
     admin_image = Unicode("", config=True,
                           help="image of the hub admins' servers, e.g. the instructor image (empty: the same image)")
     profile_slug = Unicode(None, allow_none=True, help="the profile this server was started with")
@@ -88,9 +95,14 @@ class CourseSpawner(DockerSpawner):
         return folder
 
     async def start(self):
-        if self.admin_image and self.user.admin:   # staff work in the instructor's repository: grading, formgrader
+        staff = bool(self.user.admin)
+        if self.admin_image and staff:   # staff work in the instructor's repository: grading, formgrader
             self.image = self.admin_image
         volumes = {f"course-{self.user.name}": "/workspace"}
+        environment = {"COURSE_HANDIN_DIR": "/handin", "COURSE_PROFILE": self.profile_slug}
+        if self.grading_host_dir and staff:
+            volumes[self.grading_host_dir] = {"bind": GRADING_MOUNT, "mode": "rw"}
+            environment["COURSE_GRADING_DIR"] = GRADING_MOUNT
         if self.datasets_dir:
             volumes[self.datasets_dir] = {"bind": "/workspace/datasets", "mode": "ro"}
         if self.handins_dir:
@@ -98,7 +110,7 @@ class CourseSpawner(DockerSpawner):
             source = Path(self.handins_host_dir or self.handins_dir) / folder.name
             volumes[str(source)] = {"bind": "/handin", "mode": "rw"}
         self.volumes = volumes
-        self.environment = {**self.environment, "COURSE_HANDIN_DIR": "/handin", "COURSE_PROFILE": self.profile_slug}
+        self.environment = {**self.environment, **environment}
         self.log.info("spawning %s with profile %s", self.user.name, self.profile_slug)
         return await super().start()
 

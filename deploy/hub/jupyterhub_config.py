@@ -49,6 +49,7 @@ c.Spawner.http_timeout = 120
 c.CourseSpawner.datasets_dir = env("COURSE_DATASETS_HOST_DIR", "")
 c.CourseSpawner.handins_dir = "/srv/handins"         # the hand-in folder as mounted into the hub container
 c.CourseSpawner.handins_host_dir = env("COURSE_HANDINS_HOST_DIR", "")
+c.CourseSpawner.grading_host_dir = env("COURSE_GRADING_HOST_DIR", "")   # staff only: formgrader's folder
 c.CourseSpawner.student_uid = int(env("COURSE_STUDENT_UID", "1000"))
 c.CourseSpawner.student_gid = int(env("COURSE_STUDENT_GID", "1000"))
 c.CourseSpawner.profiles = {

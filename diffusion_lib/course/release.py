@@ -154,7 +154,8 @@ def _student_readme(root: Path, course: Course) -> str:
             "regions, write your explanation of each line after its `# TODO(2b): ` slot.\n\n"
             "- Check your work: `python -m diffusion_lib course check` (or `from diffusion_lib.course.check import "
             "check; check()` in a notebook cell)\n"
-            "- Hand in: `python -m diffusion_lib course handin --output <your-id>.tar.gz`\n\n"
+            "- Hand in: `python -m diffusion_lib course handin --output <your-id>.tar.gz`; in the course's JupyterHub, "
+            "the **Hand in** button of `handin.ipynb` (or `course handin --submit`)\n\n"
             f"## Tasks\n\n{table}\n")
 
 
