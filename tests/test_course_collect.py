@@ -140,12 +140,14 @@ def test_the_button_hands_in_what_changed_and_says_why_when_it_cannot(tmp_path, 
     library.write_text("def homework_schedule(T):\n    return T\n")
     outside_the_hub = hand_in(root)
     assert outside_the_hub.state == "written" and "COURSE_HANDIN_DIR is not set" in outside_the_hub.text
+    assert "rename it to <student-id>" in outside_the_hub.text
     assert list(folder.iterdir()) == []
     assert hand_in(root, handin_dir=tmp_path / "nowhere").state == "refused"
     monkeypatch.setenv("COURSE_HANDIN_DIR", str(folder))
     done = hand_in(root)
     assert done.state == "submitted", done
     assert "diffusion_lib/homework_schedules.py" in done.text and f"submitted: {folder / SUBMITTED_NAME}" in done.text
+    assert "rename" not in done.text      # under the hub the folder, not the archive's name, says whose it is
     with tarfile.open(folder / SUBMITTED_NAME) as tf:
         assert b"return T" in tf.extractfile("diffusion_lib/homework_schedules.py").read()
 

@@ -32,7 +32,7 @@ def _handin(args) -> int:
         return 2
     try:
         result = handin(args.root, args.output, include=tuple(args.include or ()), max_file_mb=args.max_file_mb,
-                        max_total_mb=args.max_total_mb, allow_empty=args.allow_empty)
+                        max_total_mb=args.max_total_mb, allow_empty=args.allow_empty, named_by_archive=not args.submit)
     except NothingToHandIn as error:
         print(f"handin: {error}", file=sys.stderr)
         return 2

@@ -69,7 +69,7 @@ def candidate_files(root: Path, output_globs: tuple[str, ...] = ()) -> list[str]
 
 def handin(root: str | Path = ".", output: str | Path | None = None, *, include: tuple[str, ...] = (),
            max_file_mb: float = 5.0, max_total_mb: float = 50.0, allow_empty: bool = False,
-           verbose: bool = True) -> HandinResult:
+           verbose: bool = True, named_by_archive: bool = True) -> HandinResult:
     """Pack the changed and new files of the release at ``root`` into ``output`` (.tar.gz or .zip).
 
     Args:
@@ -78,6 +78,8 @@ def handin(root: str | Path = ".", output: str | Path | None = None, *, include:
         include: extra globs of outputs to hand in (added to ``handin_outputs`` of tasks.yaml), e.g. "runs/*/samples.png".
         max_file_mb, max_total_mb: limits per file and for the whole archive (uncompressed).
         allow_empty: write the archive even when no file differs from the release.
+        named_by_archive: the archive's name is the student id (say so); False when it is submitted into a hub's
+            hand-in folder, whose name says whose it is.
 
     Raises:
         NothingToHandIn: no file differs from the release (and not ``allow_empty``); no archive is written.
@@ -154,8 +156,9 @@ def handin(root: str | Path = ".", output: str | Path | None = None, *, include:
             print(f"left out {len(result.left_out)} files:")
             for rel, reason in result.left_out.items():
                 print(f"  - {rel}: {reason}")
-        print("The archive's name is your student id for the grader: rename it to <student-id>"
-              + (".zip" if archive.name.endswith(".zip") else ".tar.gz") + " if needed.")
+        if named_by_archive:
+            print("The archive's name is your student id for the grader: rename it to <student-id>"
+                  + (".zip" if archive.name.endswith(".zip") else ".tar.gz") + " if needed.")
     return result
 
 

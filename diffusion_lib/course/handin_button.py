@@ -45,7 +45,7 @@ def hand_in(root: str | Path = ".", output: str | Path | None = None, *, allow_e
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         try:
-            result = handin(root, output, allow_empty=allow_empty)
+            result = handin(root, output, allow_empty=allow_empty, named_by_archive=handin_dir is None)
             if handin_dir is None:
                 print(f"\nNo course hub here ($COURSE_HANDIN_DIR is not set): hand in {result.archive} "
                       "as your instructor says.")
