@@ -494,7 +494,7 @@ def test_the_instructor_opens_formgrader_through_the_hub(hub, classroom):
     # formgrader is on the graded course: the grading folder's gradebook, every student's submission
     page.goto(f"{hub.url}/user/{INSTRUCTOR}/formgrader/manage_students", timeout=UI_MS)
     for student in STUDENTS:
-        expect(page.get_by_role("link", name=student).first).to_be_visible(timeout=UI_MS)
+        expect(page.get_by_role("gridcell", name=student, exact=True)).to_be_visible(timeout=UI_MS)
     page.screenshot(path=str(ARTIFACTS / "hub-formgrader.png"))
     from nbgrader.api import Gradebook
 
