@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -165,10 +165,7 @@ def predict_x0_and_eps(model: nn.Module, schedule: NoiseSchedule, x_t: torch.Ten
     integral = float(t).is_integer()
     if alpha_bar is None and not integral:
         raise ValueError(f"timestep {t} is fractional: give its alpha_bar (interop.alpha_bar_at)")
-    if integral:
-        t_batch = torch.full((x_t.shape[0],), int(t), dtype=torch.long, device=x_t.device)
-    else:
-        t_batch = torch.full((x_t.shape[0],), float(t), dtype=torch.float32, device=x_t.device)
+    t_batch = torch.full((x_t.shape[0],), t, dtype=torch.long if integral else torch.float32, device=x_t.device)
     abar_t = schedule.alphas_cumprod[int(t)] if alpha_bar is None else alpha_bar
     model_y = y if is_conditional(model) else None  # an unconditional UNet under classifier guidance: classifier only
     w, s = guidance_scale, classifier_scale  # the papers' symbols
@@ -230,17 +227,15 @@ def ddpm_sample(model: nn.Module, schedule: NoiseSchedule, shape: Sequence[int] 
     if variance_type not in VARIANCE_TYPES:
         raise ValueError(f"unknown variance_type {variance_type!r}; accepted: {list(VARIANCE_TYPES)}")
     setup = _setup(model, schedule, _SamplerArgs(
-        shape=shape, noise=noise, y=y, guidance_scale=guidance_scale, classifier=classifier,
-        classifier_scale=classifier_scale, prediction_type=prediction_type, generator=generator,
+        shape=shape, noise=noise, generator=generator, y=y, guidance_scale=guidance_scale, classifier=classifier,
+        classifier_scale=classifier_scale, prediction_type=prediction_type, clip_sample=clip_sample,
         num_inference_steps=num_inference_steps or schedule.num_train_timesteps, timestep_spacing=timestep_spacing,
         capture_steps=capture_steps))
-    x, y, last_step = setup.x, setup.y, len(setup.timesteps) - 1
+    x, last_step = setup.x, len(setup.timesteps) - 1
     fixed_large = variance_type == "fixed_large"  # sigma_t^2 = beta_t ("fixed_large") or beta~_t ("fixed_small")
     for i, timestep in enumerate(tqdm(setup.timesteps.tolist(), desc="DDPM", disable=not progress)):
         x_t, abar_t, abar_prev = x, setup.alphas_cumprod[i], setup.alphas_cumprod_prev[i]
-        x0, _ = predict_x0_and_eps(model, schedule, x_t, timestep, y=y, guidance_scale=guidance_scale,
-                                   prediction_type=prediction_type, clip_sample=clip_sample,
-                                   classifier=classifier, classifier_scale=classifier_scale)  # the shared step
+        x0, _ = predict_x0_and_eps(model, schedule, x_t, timestep, **setup.prediction)  # the shared step
         # Start
         post = posterior_coefficients(abar_t, abar_prev)  # eq. 6-7: beta_t, beta~_t, mu~_t weights
         mean = post.coef_x0 * x0 + post.coef_xt * x_t  # eq. 7 (= Alg. 2 line 4's mean with eps)
@@ -249,7 +244,7 @@ def ddpm_sample(model: nn.Module, schedule: NoiseSchedule, shape: Sequence[int] 
         x = mean + variance.sqrt() * z  # Alg. 2 line 4: x_{t-1} = mu + sigma_t z
         # End
         setup.recorder(i, timestep, x_t, x0)
-    return SamplerOutput(x.clamp(-1, 1), y, setup.recorder.result())
+    return SamplerOutput(x.clamp(-1, 1), setup.y, setup.recorder.result())
 
 
 @torch.no_grad()
@@ -281,15 +276,13 @@ def ddim_sample(model: nn.Module, schedule: NoiseSchedule, shape: Sequence[int] 
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1] (0 deterministic DDIM, 1 DDPM-like); got {eta}")
     setup = _setup(model, schedule, _SamplerArgs(
-        shape=shape, noise=noise, y=y, guidance_scale=guidance_scale, classifier=classifier,
-        classifier_scale=classifier_scale, prediction_type=prediction_type, generator=generator,
+        shape=shape, noise=noise, generator=generator, y=y, guidance_scale=guidance_scale, classifier=classifier,
+        classifier_scale=classifier_scale, prediction_type=prediction_type, clip_sample=clip_sample,
         num_inference_steps=num_inference_steps, timestep_spacing=timestep_spacing, capture_steps=capture_steps))
-    x, y = setup.x, setup.y
+    x = setup.x
     for i, timestep in enumerate(tqdm(setup.timesteps.tolist(), desc="DDIM", disable=not progress)):
         x_t, abar_t, abar_prev = x, setup.alphas_cumprod[i], setup.alphas_cumprod_prev[i]
-        x0, eps = predict_x0_and_eps(model, schedule, x_t, timestep, y=y, guidance_scale=guidance_scale,
-                                     prediction_type=prediction_type, clip_sample=clip_sample,
-                                     classifier=classifier, classifier_scale=classifier_scale)  # the shared step
+        x0, eps = predict_x0_and_eps(model, schedule, x_t, timestep, **setup.prediction)  # the shared step
         # Start
         sigma = eta * ((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)).sqrt()  # eq. 16
         direction = (1 - abar_prev - sigma ** 2).sqrt() * eps  # eq. 12: direction pointing to x_t
@@ -297,7 +290,7 @@ def ddim_sample(model: nn.Module, schedule: NoiseSchedule, shape: Sequence[int] 
         x = abar_prev.sqrt() * x0 + direction + sigma * z  # eq. 12: x_{t-1}
         # End
         setup.recorder(i, timestep, x_t, x0)
-    return SamplerOutput(x.clamp(-1, 1), y, setup.recorder.result())
+    return SamplerOutput(x.clamp(-1, 1), setup.y, setup.recorder.result())
 
 
 @torch.no_grad()
@@ -345,20 +338,18 @@ def dpm_solver_sample(model: nn.Module, schedule: NoiseSchedule, shape: Sequence
         ValueError: bad names, steps, shapes, labels or guidance settings.
     """
     setup = _setup(model, schedule, _SamplerArgs(
-        shape=shape, noise=noise, y=y, guidance_scale=guidance_scale, classifier=classifier,
-        classifier_scale=classifier_scale, prediction_type=prediction_type, generator=generator,
+        shape=shape, noise=noise, generator=generator, y=y, guidance_scale=guidance_scale, classifier=classifier,
+        classifier_scale=classifier_scale, prediction_type=prediction_type, clip_sample=clip_sample,
         num_inference_steps=num_inference_steps, timestep_spacing=timestep_spacing, capture_steps=capture_steps),
         timesteps_fn=dpm_solver_timesteps)
-    x, y, last_step = setup.x, setup.y, len(setup.timesteps) - 1
+    x, last_step = setup.x, len(setup.timesteps) - 1
     abar = torch.cat([setup.alphas_cumprod, setup.alphas_cumprod_prev[-1:]])  # the K timesteps', then 1 (clean)
     lambdas = log_snr(abar) / 2  # lambda_t = log(alpha_t / sigma_t), half the log-SNR; +inf when clean
     x0_last = h_last = None
     for i, timestep in enumerate(tqdm(setup.timesteps.tolist(), desc="DPM-Solver++", disable=not progress)):
         x_t, abar_t, abar_next, lambda_t, lambda_next = x, *abar[i:i + 2], *lambdas[i:i + 2]
         sigma_t, alpha_next, sigma_next = (1 - abar_t).sqrt(), abar_next.sqrt(), (1 - abar_next).sqrt()
-        x0, _ = predict_x0_and_eps(model, schedule, x_t, timestep, y=y, guidance_scale=guidance_scale,
-                                   prediction_type=prediction_type, clip_sample=clip_sample,
-                                   classifier=classifier, classifier_scale=classifier_scale)  # the shared step
+        x0, _ = predict_x0_and_eps(model, schedule, x_t, timestep, **setup.prediction)  # the shared step
         # Start
         h = lambda_next - lambda_t  # Alg. 2 line 1: h_i = lambda_{t_i} - lambda_{t_{i-1}}
         D = x0  # Alg. 2 line 4: first order on the first step and on the last (to clean data)
@@ -369,7 +360,7 @@ def dpm_solver_sample(model: nn.Module, schedule: NoiseSchedule, shape: Sequence
         x0_last, h_last = x0, h  # Alg. 2 lines 5 and 10: buffer x_theta (and h_i)
         # End
         setup.recorder(i, timestep, x_t, x0)
-    return SamplerOutput(x.clamp(-1, 1), y, setup.recorder.result())
+    return SamplerOutput(x.clamp(-1, 1), setup.y, setup.recorder.result())
 
 
 SAMPLERS: dict[str, Callable[..., SamplerOutput]] = {"ddpm": ddpm_sample, "ddim": ddim_sample,
@@ -432,6 +423,7 @@ class _SamplerArgs:
     classifier: nn.Module | None
     classifier_scale: float
     prediction_type: str
+    clip_sample: bool
     generator: torch.Generator | None
     num_inference_steps: int
     timestep_spacing: str
@@ -440,7 +432,8 @@ class _SamplerArgs:
 
 @dataclass
 class _Setup:
-    """What the samplers prepare before the loop: x_T, validated labels, timesteps and their alpha_bars."""
+    """What the samplers prepare before the loop: x_T, validated labels, timesteps and their alpha_bars, and
+    ``prediction``, the keyword arguments of every step's :func:`predict_x0_and_eps` (with those labels)."""
 
     x: torch.Tensor
     y: torch.Tensor | None
@@ -448,6 +441,7 @@ class _Setup:
     alphas_cumprod: torch.Tensor
     alphas_cumprod_prev: torch.Tensor
     recorder: _Recorder
+    prediction: dict[str, Any]
 
 
 def _setup(model: nn.Module, schedule: NoiseSchedule, args: _SamplerArgs,
@@ -476,4 +470,6 @@ def _setup(model: nn.Module, schedule: NoiseSchedule, args: _SamplerArgs,
     alphas_cumprod = schedule.alphas_cumprod[timesteps.to(device)]
     alphas_cumprod_prev = torch.cat([alphas_cumprod[1:], torch.ones(1, device=device)])
     recorder = _Recorder(args.capture_steps, len(timesteps))
-    return _Setup(x, y, timesteps, alphas_cumprod, alphas_cumprod_prev, recorder)
+    prediction = dict(y=y, guidance_scale=args.guidance_scale, prediction_type=args.prediction_type,
+                      clip_sample=args.clip_sample, classifier=args.classifier, classifier_scale=args.classifier_scale)
+    return _Setup(x, y, timesteps, alphas_cumprod, alphas_cumprod_prev, recorder, prediction)
