@@ -6,10 +6,10 @@ Usage:
         [--num-samples 500 --sampler ddim --num-inference-steps 50 --guidance-scale 3]
 
 The NPZ is what ``python -m diffusion_lib sample --out X.npz`` writes: ``images`` uint8 (N, H, W, 1),
-white ink on black, and the requested ``labels``. Images are average-pooled back to 8x8 and
-mapped to the digits' 0..16 range, then classified. The script first reports the judge's own
-accuracy on held-out real digits that went through the same 8 -> 16 -> 8 round trip, so a low
-score on samples cannot be blamed on the judge. Exit status 1 if accuracy < --min-accuracy.
+white ink on black, and the requested ``labels``. Images larger than 8x8 are average-pooled back to
+8x8; all are mapped to the digits' 0..16 range, then classified. The script first reports the judge's own
+accuracy on held-out real digits (for samples larger than 8x8, after the same 8 -> H -> 8 round trip), so
+a low score on samples cannot be blamed on the judge. Exit status 1 if accuracy < --min-accuracy.
 """
 
 from __future__ import annotations
@@ -38,17 +38,31 @@ def to_judge_features(images: np.ndarray) -> np.ndarray:
     return (x[:, 0] / 255.0 * 16.0).reshape(len(x), -1).numpy()
 
 
-def real_digit_features(num_samples: int):
-    """The judge (SVC on the real 8x8 training split), the round-tripped training digits' features (the
-    reference set of the Fréchet distance) and the floor: the distance of ``num_samples`` held-out
-    round-tripped real digits to that reference (<= 540 held-out digits exist)."""
+def real_digits_at(image_size: int) -> np.ndarray:
+    """The real digits as a model of that resolution sees them: uint8 (1797, image_size, image_size, 1), the
+    8x8 originals resized by the data source (8 keeps them as they are)."""
+    return load_dataset("digits", image_size=image_size).pixels.numpy()
+
+
+def real_digit_features(num_samples: int, image_size: int = 16):
+    """The judge, the reference set of the Fréchet distance and its floor, for samples of ``image_size`` px.
+
+    Args:
+        num_samples: held-out real digits in the floor (<= 540 exist).
+        image_size: the side of the model's images; the real digits take the same 8 -> ``image_size`` -> 8
+            round trip as its samples (none at 8), so the distance compares like with like.
+
+    Returns:
+        the judge (SVC on the real 8x8 training split), the training split's features (N, 64) (the
+        reference) and the floor: the distance of ``num_samples`` held-out real digits to that reference.
+    """
     digits = load_digits()
     index = np.arange(len(digits.target))
     train_idx, test_idx = train_test_split(index, test_size=0.3, random_state=0, stratify=digits.target)
     judge = SVC(gamma=0.001, C=10.0).fit(digits.data[train_idx], digits.target[train_idx])
-    real16 = load_dataset("digits", image_size=16).pixels.numpy()  # uint8 (N, 16, 16, 1), 8 -> 16
-    reference = to_judge_features(real16[train_idx])  # 16 -> 8
-    held_out = to_judge_features(real16[test_idx[:num_samples]])
+    real = real_digits_at(image_size)
+    reference = to_judge_features(real[train_idx])
+    held_out = to_judge_features(real[test_idx[:num_samples]])
     floor = frechet_distance(torch.from_numpy(reference), torch.from_numpy(held_out))
     return judge, reference, floor
 
@@ -76,16 +90,6 @@ def main() -> int:
     if not args.npz and not args.checkpoint:
         parser.error("give an NPZ of samples or --checkpoint")
 
-    digits = load_digits()
-    x_train, x_test, y_train, y_test = train_test_split(digits.data, digits.target, test_size=0.3, random_state=0,
-                                                        stratify=digits.target)
-    judge = SVC(gamma=0.001, C=10.0).fit(x_train, y_train)
-    real16 = load_dataset("digits", image_size=16)
-    test_idx = train_test_split(np.arange(len(digits.target)), test_size=0.3, random_state=0, stratify=digits.target)[1]
-    roundtrip = judge.score(to_judge_features(real16.pixels[test_idx].numpy()), digits.target[test_idx])
-    print(f"judge (SVC on real 8x8 digits): held-out accuracy {judge.score(x_test, y_test):.3f}, "
-          f"after the 8->16->8 round trip {roundtrip:.3f}")
-
     path = args.npz
     if args.checkpoint:
         path = str(Path(tempfile.mkdtemp()) / "samples.npz")
@@ -97,6 +101,17 @@ def main() -> int:
     images, labels = data["images"], data["labels"]
     if images.ndim != 4 or images.shape[-1] != 1 or images.dtype != np.uint8:
         raise SystemExit(f"expected uint8 (N, H, W, 1) digit images; got {images.dtype} {images.shape}")
+
+    digits = load_digits()
+    x_train, x_test, y_train, y_test = train_test_split(digits.data, digits.target, test_size=0.3, random_state=0,
+                                                        stratify=digits.target)
+    judge = SVC(gamma=0.001, C=10.0).fit(x_train, y_train)
+    size = images.shape[1]
+    test_idx = train_test_split(np.arange(len(digits.target)), test_size=0.3, random_state=0, stratify=digits.target)[1]
+    roundtrip = judge.score(to_judge_features(real_digits_at(size)[test_idx]), digits.target[test_idx])
+    print(f"judge (SVC on real 8x8 digits): held-out accuracy {judge.score(x_test, y_test):.3f}"
+          + (f", after the 8->{size}->8 round trip {roundtrip:.3f}" if size != 8 else ""))
+
     predicted = judge.predict(to_judge_features(images))
     accuracy = float((predicted == labels).mean())
     per_class = {int(c): float((predicted[labels == c] == c).mean()) for c in np.unique(labels)}

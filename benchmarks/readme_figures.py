@@ -1,7 +1,8 @@
 """The README's pictures, made from library calls.
 
 Usage:
-    python benchmarks/readme_figures.py --checkpoint runs/digits_cfg/checkpoints/last.ckpt [--device auto]
+    python benchmarks/readme_figures.py --checkpoint runs/digits_cfg/checkpoints/last.ckpt [--device auto] \
+        [--samples runs/digits_cfg/samples.png]
     python benchmarks/readme_figures.py            # the forward-process strip only (needs no model)
 
 Writes into docs/images/ (``--out`` to change):
@@ -9,7 +10,11 @@ Writes into docs/images/ (``--out`` to change):
   (linear and cosine, the same noise in both rows; :func:`diffusion_lib.viz.forward_strip`);
 - guidance_sweep.png (with ``--checkpoint`` of a class-conditional model): DDIM-50 samples at classifier-free
   guidance w = 0, 1, 1.5, 3, 5, all from the same starting noise and labels, one column per w, one row per
-  class (:func:`diffusion_lib.experiments.sampler_sweep`, :func:`diffusion_lib.viz.class_grid`).
+  class (:func:`diffusion_lib.experiments.sampler_sweep`, :func:`diffusion_lib.viz.class_grid`);
+- benchmarks/digits_cfg_samples.png (with ``--samples``, ``--samples-out`` to change): the sample grid that
+  README command 1 writes (``sample --out runs/digits_cfg/samples.png``: one row per class, one image pixel per
+  pixel, 91 x 91 for the 8x8 main job), enlarged by a whole factor with nearest-neighbour resampling to at
+  least ``--min-side`` pixels, so every pixel of the model's output stays one sharp square.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import argparse
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from diffusion_lib import viz
 from diffusion_lib.checkpoint import load_model
@@ -61,17 +67,32 @@ def guidance_sweep(checkpoint: str, out: Path, device: str, seed: int) -> Path:
     return viz.save_figure(fig, out / "guidance_sweep.png", dpi=150)
 
 
+def enlarged_grid(grid: Path, out: Path, min_side: int) -> Path:
+    """``grid`` (a PNG) enlarged k times with nearest-neighbour resampling, k the least whole factor (>= 1) that
+    makes its shorter side at least ``min_side`` pixels."""
+    picture = Image.open(grid)
+    factor = max(1, -(-min_side // min(picture.size)))  # ceiling division
+    picture.resize((picture.width * factor, picture.height * factor), Image.NEAREST).save(out, format="PNG")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help="a trained class-conditional checkpoint for guidance_sweep.png")
     parser.add_argument("--out", type=Path, default=Path("docs/images"), help="folder for the PNGs")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise")
+    parser.add_argument("--samples", type=Path, help="README command 1's grid PNG, enlarged for the README")
+    parser.add_argument("--samples-out", type=Path, default=Path("benchmarks/digits_cfg_samples.png"),
+                        help="where the enlarged grid goes")
+    parser.add_argument("--min-side", type=int, default=160, help="least side in pixels of the enlarged grid")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     print("wrote", forward_process(args.out, args.seed))
     if args.checkpoint:
         print("wrote", guidance_sweep(args.checkpoint, args.out, args.device, args.seed))
+    if args.samples:
+        print("wrote", enlarged_grid(args.samples, args.samples_out, args.min_side))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ Rows (each network plain and with both speed settings, so what is the code and w
     diffusers         UNet2DModel as diffusers' train_unconditional.py runs it: NCHW, default AdamW
     diffusers, CL+fused   UNet2DModel with channels_last and fused AdamW
 
-Usage: python benchmarks/train_throughput.py [--config configs/digits_cfg.yaml] [--steps 30] [--device auto]
+Usage: python benchmarks/train_throughput.py [--config configs/digits_cfg_16px.yaml] [--steps 30] [--device auto]
 """
 
 from __future__ import annotations
@@ -139,7 +139,8 @@ def gemm_gflops(n: int = 512, repeats: int = 20) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/digits_cfg.yaml", help="experiment config whose model is measured")
+    parser.add_argument("--config", default="configs/digits_cfg_16px.yaml",
+                        help="experiment config whose model is measured (default: the 16 px main job of docs/benchmarks.md)")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per row")
     parser.add_argument("--batch-size", type=int, help="default: the config's")
     parser.add_argument("--image-size", type=int, help="default: the config's")

@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 # submodule -> the public names it defines
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "schedules": ("NoiseSchedule", "register_schedule", "available_schedules"),
-    "diffusion": ("q_sample", "q_posterior", "to_x0_and_eps", "training_loss"),
+    "diffusion": ("q_sample", "q_posterior", "prediction_to_x0_eps", "training_loss"),
     "models": ("UNet", "ConditionalUNet", "VAE", "Classifier"),
     "sampling": ("ddpm_sample", "ddim_sample", "dpm_solver_sample", "sample"),
     "training": ("Trainer", "load_or_train"),

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checkpoint import load_artifact, save_artifact
+from .artifacts import load_artifact, save_artifact
 from .device import resolve_device
 from .diffusion import q_sample
 from .models.classifier import Classifier
@@ -148,7 +148,7 @@ def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu")
     Raises:
         FileNotFoundError: if ``path`` does not exist.
         ValueError: if the file is unreadable, not a "classifier" artifact of a supported version
-            (see :func:`~diffusion_lib.checkpoint.load_artifact`), or its weights do not match its config.
+            (see :func:`~diffusion_lib.artifacts.load_artifact`), or its weights do not match its config.
             Each message names the file.
     """
     payload = load_artifact(path, CLASSIFIER_KIND, CLASSIFIER_VERSION, required=("config", "state_dict"))

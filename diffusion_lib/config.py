@@ -12,25 +12,69 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
-from .atomic import atomic_write_text
-from .diffusion import PREDICTION_TYPES
-from .loggers import check_logger_names
-from .sampling import TIMESTEP_SPACINGS, VARIANCE_TYPES
-from .schedules import _SCHEDULES, available_schedules
+# The names the config accepts. This module is a leaf (no torch, no other module of the library), so
+# reading a YAML config is cheap; the modules that implement each choice hold the matching tables, and
+# tests/test_imports.py checks that both agree (and that no torch is imported here).
+SAMPLER_NAMES = ("ddpm", "ddim", "dpmsolver++")          # sampling.SAMPLERS: name -> sampler function
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # diffusion.PREDICTION_TYPES
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")   # sampling.TIMESTEP_SPACINGS
+VARIANCE_TYPES = ("fixed_small", "fixed_large")           # sampling.VARIANCE_TYPES
+MODEL_KINDS = ("unet", "vae")                             # models.KINDS: kind -> builder, objective, schedule
+LOGGER_NAMES = ("csv", "tensorboard", "wandb")            # loggers.open_trackers
+LR_SCHEDULES = ("constant", "cosine")                     # training.learning_rate_factor
+# The built-in beta schedules (schedules.register_schedule) and the keyword arguments each accepts.
+# A schedule registered at run time is looked up in the live registry (see :func:`schedule_arguments`).
+BUILTIN_SCHEDULES: dict[str, tuple[str, ...]] = {
+    "linear": ("beta_start", "beta_end", "max_beta"),
+    "cosine": ("s", "max_beta"),
+    "quadratic": ("beta_start", "beta_end"),
+    "sigmoid": ("start", "end", "tau", "max_beta"),
+    "sqrt": ("s", "max_beta"),
+    "jsd": ("max_beta",),
+}
 
-# The samplers the config and the command line accept (``sampling.SAMPLERS`` holds their functions);
-# a static tuple, so a sampler added to sampling.py is added here too.
-SAMPLER_NAMES = ("ddpm", "ddim", "dpmsolver++")
-LR_SCHEDULES = ("constant", "cosine")
-MODEL_KINDS = ("unet", "vae")
+
+def schedule_arguments(name: str) -> tuple[str, ...] | None:
+    """The keyword arguments the beta schedule ``name`` accepts, without importing torch.
+
+    A schedule registered with ``schedules.register_schedule`` (e.g. the homework's) exists only once
+    ``diffusion_lib.schedules`` has been imported (registering imports it), so its live registry is read
+    from ``sys.modules`` when it is loaded; otherwise the built-in table :data:`BUILTIN_SCHEDULES` answers.
+
+    Returns:
+        The accepted keyword names (``("*",)`` for a function taking ``**kwargs``), or None: no such schedule.
+    """
+    schedules = sys.modules.get("diffusion_lib.schedules")
+    registry = getattr(schedules, "_SCHEDULES", None)
+    if registry is None:
+        return BUILTIN_SCHEDULES.get(name)
+    if name not in registry:
+        return None
+    parameters = list(inspect.signature(registry[name]).parameters.values())[1:]
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return ("*",)
+    return tuple(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
+def available_schedule_names() -> list[str]:
+    """Every schedule name the config accepts now, sorted (the live registry once schedules is loaded)."""
+    registry = getattr(sys.modules.get("diffusion_lib.schedules"), "_SCHEDULES", None)
+    return sorted(BUILTIN_SCHEDULES if registry is None else registry)
+
+
+def check_logger_names(names: Sequence[str]) -> None:
+    """Raise ValueError unless ``names`` is a list of accepted tracker names (:data:`LOGGER_NAMES`) without repeats."""
+    if not isinstance(names, (list, tuple)) or any(n not in LOGGER_NAMES for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"training.loggers must be a list of distinct names from {list(LOGGER_NAMES)}; got {names!r}")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -116,17 +160,15 @@ class DiffusionConfig:
 
     def __post_init__(self):
         _require(self.num_train_timesteps >= 1, f"diffusion.num_train_timesteps must be >= 1; got {self.num_train_timesteps}")
-        _require(self.beta_schedule in available_schedules(),
-                 f"diffusion.beta_schedule {self.beta_schedule!r} is unknown; available: {available_schedules()}")
+        accepted = schedule_arguments(self.beta_schedule)
+        _require(accepted is not None,
+                 f"diffusion.beta_schedule {self.beta_schedule!r} is unknown; available: {available_schedule_names()}")
         _require(self.prediction_type in PREDICTION_TYPES,
                  f"diffusion.prediction_type must be one of {list(PREDICTION_TYPES)}; got {self.prediction_type!r}")
         _require(0.0 <= self.p_uncond <= 1.0, f"diffusion.p_uncond must be in [0, 1]; got {self.p_uncond}")
-        parameters = list(inspect.signature(_SCHEDULES[self.beta_schedule]).parameters.values())[1:]
-        accepted = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-        takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters)
-        unknown = [] if takes_any else sorted(set(self.schedule_kwargs) - set(accepted))
+        unknown = [] if accepted == ("*",) else sorted(set(self.schedule_kwargs) - set(accepted))
         _require(not unknown, f"diffusion.schedule_kwargs {unknown} are not arguments of the {self.beta_schedule!r} "
-                              f"schedule; accepted: {accepted}")
+                              f"schedule; accepted: {list(accepted)}")
 
 
 @dataclass
@@ -205,6 +247,24 @@ class TrainingConfig:
             _require(getattr(self, key) >= 0, f"training.{key} must be >= 0; got {getattr(self, key)}")
         _require(self.vae_beta >= 0, f"training.vae_beta must be >= 0; got {self.vae_beta}")
         check_logger_names(self.loggers)
+
+
+def total_steps(training: TrainingConfig, num_images: int) -> int:
+    """The step at which a run ends, the only end of a run: ``max_steps``, or ``max_epochs`` epochs if that
+    comes first.
+
+    Args:
+        training: a :class:`TrainingConfig`.
+        num_images: training images; an epoch is ``num_images // batch_size`` steps (at least 1; the
+            batch is at most the dataset), as the Trainer draws them.
+
+    Returns:
+        The number of optimiser steps, >= 1.
+    """
+    if training.max_epochs is None:
+        return training.max_steps
+    steps_per_epoch = max(1, num_images // min(training.batch_size, num_images))
+    return min(training.max_steps, training.max_epochs * steps_per_epoch)
 
 
 @dataclass
@@ -432,6 +492,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return from_dict(ExperimentConfig, apply_overrides(data, overrides))
 
 
-def save_config(config: ExperimentConfig, path: str | Path) -> None:
-    """Write ``config`` as YAML (atomically)."""
-    atomic_write_text(Path(path), yaml.safe_dump(config.to_dict(), sort_keys=False))
+def config_yaml(config: ExperimentConfig) -> str:
+    """``config`` as YAML text (what the run folder's config.yaml holds; :func:`load_config` reads it back)."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

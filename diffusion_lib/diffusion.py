@@ -133,8 +133,8 @@ def prediction_to_x0_eps(model_output: torch.Tensor, x_t: torch.Tensor, alpha_ba
       (Salimans & Ho 2022, eq. 11 and appendix D).
     - "sample": the output is x_0; eps by eq. 4 solved for eps.
 
-    This is the one home of the conversion: :func:`to_x0_and_eps` (integer timesteps of a schedule) and
-    the diffusers adapter (fractional timesteps) both call it.
+    This is the one home of the conversion: the samplers' shared prediction step
+    (:func:`~diffusion_lib.sampling.predict_x0_and_eps`, also behind the diffusers adapter) calls it.
 
     Args:
         model_output: (B, C, H, W) network output.
@@ -158,34 +158,9 @@ def prediction_to_x0_eps(model_output: torch.Tensor, x_t: torch.Tensor, alpha_ba
     return a * x_t - b * model_output, b * x_t + a * model_output
 
 
-def alpha_bar_at(schedule: NoiseSchedule, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """alpha_bar_t of the schedule for int64 timesteps ``t`` (B,), shaped (B, 1, 1, 1) to broadcast against ``x``."""
-    return broadcast(schedule.alphas_cumprod, t, x)
-
-
-def predict_x0_from_eps(schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """:func:`x0_from_eps` at the schedule's alpha_bar_t for int64 timesteps ``t`` (B,)."""
-    return x0_from_eps(x_t, eps, alpha_bar_at(schedule, t, x_t))
-
-
-def predict_eps_from_x0(schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-    """:func:`eps_from_x0` at the schedule's alpha_bar_t for int64 timesteps ``t`` (B,)."""
-    return eps_from_x0(x_t, x0, alpha_bar_at(schedule, t, x_t))
-
-
 def v_target(schedule: NoiseSchedule, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """:func:`v_from_x0_eps` at the schedule's alpha_bar_t: the v-prediction regression target."""
-    return v_from_x0_eps(x0, noise, alpha_bar_at(schedule, t, x0))
-
-
-def to_x0_and_eps(schedule: NoiseSchedule, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
-                  prediction_type: str = "epsilon") -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`prediction_to_x0_eps` at the schedule's alpha_bar_t for int64 timesteps ``t`` (B,).
-
-    Raises:
-        ValueError: unknown ``prediction_type``.
-    """
-    return prediction_to_x0_eps(model_output, x_t, alpha_bar_at(schedule, t, x_t), prediction_type)
+    return v_from_x0_eps(x0, noise, broadcast(schedule.alphas_cumprod, t, x0))
 
 
 def sample_timesteps(schedule: NoiseSchedule, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

@@ -11,9 +11,8 @@ config as hyper-parameters with the final metrics::
                   uploaded later with ``wandb sync <run>/wandb/offline-run-*``
 
 Only the main process logs (``enabled=False`` elsewhere gives a tracker that does nothing), so a
-data-parallel Trainer only has to pass its rank-0 flag. The summary of a finished run
-(``run.json``: steps, wall time, final and best loss, images/s) is written by :class:`RunSummary`
-and read back by :mod:`diffusion_lib.experiments.runs`.
+data-parallel Trainer only has to pass its rank-0 flag. The summary of a run (``run.json``) and
+log.csv are written by :mod:`diffusion_lib.run_log`.
 """
 
 from __future__ import annotations
@@ -26,15 +25,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-LOGGER_NAMES = ("csv", "tensorboard", "wandb")
-SUMMARY_FILE = "run.json"
+from .config import LOGGER_NAMES, check_logger_names  # noqa: F401  (the names live in config, a leaf)
+
 INSTALL_HINT = "pip install 'diffusion_lib[tracking]' (or: pip install wandb)"
-
-
-def check_logger_names(names: Sequence[str]) -> None:
-    """Raise ValueError unless ``names`` is a list of accepted tracker names without repeats."""
-    if not isinstance(names, (list, tuple)) or any(n not in LOGGER_NAMES for n in names) or len(set(names)) != len(names):
-        raise ValueError(f"training.loggers must be a list of distinct names from {list(LOGGER_NAMES)}; got {names!r}")
 
 
 def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -196,54 +189,3 @@ def read_png(path: str | Path) -> np.ndarray:
 
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB"))
-
-
-class RunSummary:
-    """Keeps the numbers a run comparison needs and writes them to ``<run>/run.json`` (atomic JSON).
-
-    Fields: ``step``, ``max_steps``, ``finished`` (step reached max_steps), ``wall_seconds`` (summed over
-    resumed sessions), ``final_loss``, ``best_loss`` (of the logged rows), ``images_per_sec`` (mean of the
-    logged rows).
-
-    Args:
-        run_dir: the run folder; an existing run.json is continued (its wall time is added to).
-    """
-
-    def __init__(self, run_dir: str | Path):
-        from .checkpoint import load_artifact
-
-        self.path = Path(run_dir) / SUMMARY_FILE
-        self.data = {"wall_seconds": 0.0, "best_loss": None, "final_loss": None, "images_per_sec": None,
-                     "num_rows": 0}
-        if self.path.exists():
-            try:
-                self.data.update(load_artifact(self.path, "run_summary"))
-            except ValueError:
-                pass  # a damaged summary is rewritten from this session's numbers
-        self._previous_wall = float(self.data["wall_seconds"])
-
-    def add_row(self, row: Mapping[str, float]) -> None:
-        """Record one logged row (``loss``, ``images_per_sec``)."""
-        loss = row.get("loss")
-        if loss is not None and math.isfinite(loss):
-            self.data["final_loss"] = loss
-            best = self.data["best_loss"]
-            self.data["best_loss"] = loss if best is None else min(best, loss)
-        speed, n = row.get("images_per_sec"), self.data["num_rows"]
-        if speed is not None:
-            mean = self.data["images_per_sec"] or 0.0
-            self.data["images_per_sec"] = (mean * n + speed) / (n + 1)
-            self.data["num_rows"] = n + 1
-
-    def save(self, step: int, max_steps: int, session_seconds: float) -> Path:
-        """Write run.json with the step reached and the wall time of all sessions so far."""
-        from .checkpoint import save_artifact
-
-        self.data.update(step=int(step), max_steps=int(max_steps), finished=step >= max_steps,
-                         wall_seconds=round(self._previous_wall + session_seconds, 3))
-        save_artifact(self.path, "run_summary", self.data)
-        return self.path
-
-    def metrics(self) -> dict[str, float | None]:
-        """The final metrics reported to the trackers' hparams: final_loss, best_loss, images_per_sec, wall_seconds."""
-        return {k: self.data.get(k) for k in ("final_loss", "best_loss", "images_per_sec", "wall_seconds")}

@@ -5,7 +5,8 @@
     VAEObjective         VAE baseline: beta-weighted negative ELBO (Kingma & Welling 2014; Higgins et al. 2017);
                          samples decode prior draws z ~ N(0, I)
 
-Both have the same interface, so the Trainer's loop reads top to bottom without asking which kind it trains:
+``models.KINDS`` names each kind's objective; :func:`build_objective` builds it and :func:`build_schedule` the
+noise schedule (the one place a schedule is built from a config). Both have the same interface, so the Trainer's loop reads top to bottom without asking which kind it trains:
 
     schedule      the NoiseSchedule (None for the VAE)
     log_fields    the loss terms, in log.csv column order
@@ -22,6 +23,7 @@ from torch import nn
 
 from .config import ExperimentConfig
 from .diffusion import training_loss
+from .models import KINDS, model_kind
 from .sampling import sample
 from .schedules import NoiseSchedule
 
@@ -38,7 +40,7 @@ class DiffusionObjective:
 
     def __init__(self, config: ExperimentConfig, device: torch.device):
         d = config.diffusion
-        self.schedule = NoiseSchedule(d.beta_schedule, d.num_train_timesteps, **d.schedule_kwargs).to(device)
+        self.schedule = build_schedule(config).to(device)
         self.prediction_type, self.p_uncond = d.prediction_type, d.p_uncond
         self.sampling = config.sampling
 
@@ -95,15 +97,26 @@ class VAEObjective:
         return model.sample(shape[0], generator=generator)
 
 
-OBJECTIVES = {"unet": DiffusionObjective, "vae": VAEObjective}
+def build_schedule(config: ExperimentConfig) -> NoiseSchedule | None:
+    """The NoiseSchedule of ``config.diffusion`` (float32 buffers on the CPU), or None for a kind without one
+    (``models.KINDS[kind].uses_schedule``; the VAE).
+
+    Raises:
+        ValueError: an unknown kind, or a schedule the registry rejects.
+    """
+    if not model_kind(config.model.kind).uses_schedule:
+        return None
+    d = config.diffusion
+    return NoiseSchedule(d.beta_schedule, d.num_train_timesteps, **d.schedule_kwargs)
 
 
 def build_objective(config: ExperimentConfig, device: torch.device) -> DiffusionObjective | VAEObjective:
-    """The objective of ``config.model.kind`` ("unet" or "vae").
+    """The objective ``models.KINDS`` names for ``config.model.kind`` ("unet": :class:`DiffusionObjective`,
+    "vae": :class:`VAEObjective`).
 
     Raises:
         ValueError: an unknown kind (names the accepted ones).
     """
-    if config.model.kind not in OBJECTIVES:
-        raise ValueError(f"model.kind {config.model.kind!r} has no objective; accepted: {list(OBJECTIVES)}")
-    return OBJECTIVES[config.model.kind](config, device)
+    if config.model.kind not in KINDS:
+        raise ValueError(f"model.kind {config.model.kind!r} has no objective; accepted: {list(KINDS)}")
+    return globals()[KINDS[config.model.kind].objective](config, device)  # the class the table names

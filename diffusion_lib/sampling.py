@@ -2,10 +2,13 @@
 classifier guidance.
 
 The samplers walk a descending sub-sequence of the training timesteps (all T of them by default
-for DDPM). Each step, written out between ``# Start`` and ``# End`` in :func:`ddpm_sample`,
-:func:`ddim_sample` and :func:`dpm_solver_sample`, does in this order: the network call with
-classifier-free guidance; the prediction of x_0 and eps; classifier guidance (if any); clipping of
-x_0 to [-1, 1] with eps re-derived from the clipped x_0; the sampler's update from x_t to x_{t_prev}.
+for DDPM). Each step has two halves, each written out once between ``# Start`` and ``# End``:
+
+1. the prediction step every sampler shares, in :func:`predict_x0_and_eps`: the network call with
+   classifier-free guidance; the prediction of x_0 and eps; classifier guidance (only when its scale
+   is not 0); clipping of x_0 to [-1, 1] with eps re-derived from the clipped x_0;
+2. the sampler's own update from x_t to x_{t_prev}, in :func:`ddpm_sample`, :func:`ddim_sample` and
+   :func:`dpm_solver_sample`.
 
 The guidance rules live in :mod:`diffusion_lib.guidance` (scale ``w`` as in diffusers: 0 unconditional,
 1 conditional, > 1 guided; Ho & Salimans' w' = w - 1). Labels and guidance settings are validated once,
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -26,7 +29,7 @@ from .device import randn
 from .diffusion import check_finite, check_prediction_type, eps_from_x0, prediction_to_x0_eps, x0_from_eps
 from .guidance import check_guidance_inputs, classifier_guided_eps, classifier_log_prob_grad, guided_prediction
 from .models import is_conditional
-from .schedules import NoiseSchedule, posterior_coefficients
+from .schedules import NoiseSchedule, log_snr, posterior_coefficients
 
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 VARIANCE_TYPES = ("fixed_small", "fixed_large")
@@ -121,43 +124,62 @@ def dpm_solver_timesteps(num_train_timesteps: int, num_inference_steps: int, spa
     return inference_timesteps(T, int(K) + 1, spacing)[:-1]
 
 
-def predict_x0_and_eps(model: nn.Module, schedule: NoiseSchedule, x_t: torch.Tensor, t: int, *,
+def predict_x0_and_eps(model: nn.Module, schedule: NoiseSchedule, x_t: torch.Tensor, t: int | float, *,
                        y: torch.Tensor | None = None, guidance_scale: float = 1.0, prediction_type: str = "epsilon",
-                       clip_sample: bool = True, classifier: nn.Module | None = None,
-                       classifier_scale: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """One network evaluation turned into (predicted x_0, predicted eps): the first half of a sampler step.
+                       clip_sample: bool = True, classifier: nn.Module | None = None, classifier_scale: float = 0.0,
+                       alpha_bar: torch.Tensor | float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One network evaluation turned into (predicted x_0, predicted eps): the prediction step every sampler shares.
 
-    The same calls, in the same order, as the ``# Start``/``# End`` regions of :func:`ddpm_sample` and
-    :func:`ddim_sample`, for running one step by hand (notebook 04): classifier-free guidance on the
-    output (:func:`~diffusion_lib.guidance.guided_prediction`); conversion by ``prediction_type``;
+    The one home of that step: :func:`ddpm_sample`, :func:`ddim_sample`, :func:`dpm_solver_sample` and
+    the diffusers adapter (:class:`~diffusion_lib.interop.schedulers.DiffusersUNetAdapter`) call it once
+    per step, and notebook 04 runs one step by hand with it. Its ``# Start``/``# End`` region, in order:
+    classifier-free guidance on the network output (:func:`~diffusion_lib.guidance.guided_prediction`);
+    conversion by ``prediction_type`` (:func:`~diffusion_lib.diffusion.prediction_to_x0_eps`);
     classifier guidance eps^ = eps - s sqrt(1 - abar_t) grad log p(y | x_t) (Dhariwal & Nichol 2021,
-    eq. 14) with x_0 recomputed from eps^; optional clipping of x_0 to [-1, 1], after which eps is
-    re-derived from the clipped x_0 (diffusers' ``use_clipped_model_output``). Without that
-    re-derivation, strong guidance washes samples out. Inputs are not validated here (the samplers
-    validate once at their entry).
+    eq. 14) with x_0 recomputed from eps^, only when s != 0 (at s = 0 the classifier is not called);
+    optional clipping of x_0 to [-1, 1], after which eps is re-derived from the clipped x_0 (diffusers'
+    ``use_clipped_model_output``; without it strong guidance washes samples out). The samplers validate
+    labels and guidance settings once at their entry; here only a missing classifier is refused.
 
     Args:
         model, schedule: the network and its schedule (same device as ``x_t``).
-        x_t: (B, C, H, W) current sample. t: the current timestep (python int in [0, T-1]).
-        y: int64 (B,) labels or None. guidance_scale: classifier-free w.
+        x_t: (B, C, H, W) current sample.
+        t: the current timestep in [0, T-1]: a Python int, or a float (the fractional timesteps of
+            diffusers' sigma-space schedulers; then give ``alpha_bar``).
+        y: int64 (B,) labels or None; the network sees them only when it is class-conditional
+            (:func:`~diffusion_lib.models.is_conditional`), the classifier always.
+        guidance_scale: classifier-free w (0 unconditional, 1 conditional, > 1 guided).
         prediction_type: what the network predicts ("epsilon", "v_prediction" or "sample").
-        clip_sample: clip x_0 to [-1, 1].
+        clip_sample: clip x_0 to [-1, 1] (and re-derive eps).
         classifier, classifier_scale: optional noise-conditioned classifier and its scale s.
+        alpha_bar: alpha_bar_t; default ``schedule.alphas_cumprod[t]`` (integral ``t`` only).
 
     Returns:
         (x0, eps), each (B, C, H, W) float32.
+
+    Raises:
+        ValueError: s != 0 without a classifier; a fractional ``t`` without ``alpha_bar``.
     """
-    t_batch = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
-    abar_t = schedule.alphas_cumprod[t]
-    output = guided_prediction(model, x_t, t_batch, y if is_conditional(model) else None, guidance_scale)
-    x0, eps = prediction_to_x0_eps(output, x_t, abar_t, prediction_type)
-    if classifier is not None and classifier_scale != 0:
-        gradient = classifier_log_prob_grad(classifier, x_t, t_batch, y)
-        eps = classifier_guided_eps(eps, gradient, abar_t, classifier_scale)
-        x0 = x0_from_eps(x_t, eps, abar_t)
-    if clip_sample:
-        x0 = x0.clamp(-1.0, 1.0)
-        eps = eps_from_x0(x_t, x0, abar_t)
+    if classifier_scale != 0 and classifier is None:
+        raise ValueError(f"classifier_scale={classifier_scale} needs the noise-conditioned classifier=")
+    integral = float(t).is_integer()
+    if alpha_bar is None and not integral:
+        raise ValueError(f"timestep {t} is fractional: give its alpha_bar (interop.alpha_bar_at)")
+    t_batch = torch.full((x_t.shape[0],), t, dtype=torch.long if integral else torch.float32, device=x_t.device)
+    abar_t = schedule.alphas_cumprod[int(t)] if alpha_bar is None else alpha_bar
+    model_y = y if is_conditional(model) else None  # an unconditional UNet under classifier guidance: classifier only
+    w, s = guidance_scale, classifier_scale  # the papers' symbols
+    # Start
+    out = guided_prediction(model, x_t, t_batch, model_y, w)  # network, CFG: Ho & Salimans eq. 6
+    x0, eps = prediction_to_x0_eps(out, x_t, abar_t, prediction_type)  # eq. 15: x0_hat, eps_hat
+    if s != 0:  # classifier guidance (D&N eq. 14), skipped at s = 0
+        grad = classifier_log_prob_grad(classifier, x_t, t_batch, y)  # D&N eq. 14: the gradient
+        eps = classifier_guided_eps(eps, grad, abar_t, s)  # D&N eq. 14: eps - s sqrt(1-abar_t) grad
+        x0 = x0_from_eps(x_t, eps, abar_t)  # eq. 15: x0_hat of the guided eps
+    if clip_sample:  # clipping, before the update uses x0_hat (eq. 7, eq. 12, Alg. 2)
+        x0 = x0.clamp(-1, 1)  # eq. 4's x_0 lies in [-1, 1]: clip x0_hat to that range
+        eps = eps_from_x0(x_t, x0, abar_t)  # eq. 4 solved for eps: the eps of the clipped x0_hat
+    # End
     return x0, eps
 
 
@@ -204,28 +226,25 @@ def ddpm_sample(model: nn.Module, schedule: NoiseSchedule, shape: Sequence[int] 
     """
     if variance_type not in VARIANCE_TYPES:
         raise ValueError(f"unknown variance_type {variance_type!r}; accepted: {list(VARIANCE_TYPES)}")
-    setup = _setup(model, schedule, shape, noise, y, guidance_scale, num_inference_steps or schedule.num_train_timesteps,
-                   timestep_spacing, prediction_type, classifier, classifier_scale, generator, capture_steps)
-    x, y, model_y, last = setup.x, setup.y, setup.model_y, len(setup.timesteps) - 1
-    w, s, large = guidance_scale, classifier_scale, variance_type == "fixed_large"  # the papers' symbols
+    setup = _setup(model, schedule, _SamplerArgs(
+        shape=shape, noise=noise, generator=generator, y=y, guidance_scale=guidance_scale, classifier=classifier,
+        classifier_scale=classifier_scale, prediction_type=prediction_type, clip_sample=clip_sample,
+        num_inference_steps=num_inference_steps or schedule.num_train_timesteps, timestep_spacing=timestep_spacing,
+        capture_steps=capture_steps))
+    x, last_step = setup.x, len(setup.timesteps) - 1
+    fixed_large = variance_type == "fixed_large"  # sigma_t^2 = beta_t ("fixed_large") or beta~_t ("fixed_small")
     for i, timestep in enumerate(tqdm(setup.timesteps.tolist(), desc="DDPM", disable=not progress)):
-        x_t, t, abar_t, abar_prev = x, setup.t(i), setup.alphas_cumprod[i], setup.alphas_cumprod_prev[i]
+        x_t, abar_t, abar_prev = x, setup.alphas_cumprod[i], setup.alphas_cumprod_prev[i]
+        x0, _ = predict_x0_and_eps(model, schedule, x_t, timestep, **setup.prediction)  # the shared step
         # Start
-        out = guided_prediction(model, x_t, t, model_y, w)  # network, CFG: Ho & Salimans eq. 6
-        x0, eps = prediction_to_x0_eps(out, x_t, abar_t, prediction_type)  # eq. 4: x0_hat, eps_hat
-        grad = classifier_log_prob_grad(classifier, x_t, t, y) if s else 0  # D&N eq. 14: gradient
-        eps = classifier_guided_eps(eps, grad, abar_t, s)  # D&N eq. 14: eps - s sqrt(1-abar_t) grad
-        x0 = x0_from_eps(x_t, eps, abar_t) if s else x0  # eq. 15 with the guided eps
-        x0 = x0.clamp(-1, 1) if clip_sample else x0  # clip x0_hat to [-1, 1] before eq. 7
-        eps = eps_from_x0(x_t, x0, abar_t) if clip_sample else eps  # eq. 4: eps of the clipped x0
         post = posterior_coefficients(abar_t, abar_prev)  # eq. 6-7: beta_t, beta~_t, mu~_t weights
         mean = post.coef_x0 * x0 + post.coef_xt * x_t  # eq. 7 (= Alg. 2 line 4's mean with eps)
-        variance = post.beta if large else post.variance  # sigma_t^2 = beta_t or beta~_t (eq. 7)
-        z = randn(x_t.shape, generator, x_t.device) if i < last else 0  # Alg. 2 line 3
+        variance = post.beta if fixed_large else post.variance  # sigma_t^2: beta_t or eq. 7's beta~
+        z = randn(x_t.shape, generator, x_t.device) if i < last_step else 0  # Alg. 2 line 3
         x = mean + variance.sqrt() * z  # Alg. 2 line 4: x_{t-1} = mu + sigma_t z
         # End
         setup.recorder(i, timestep, x_t, x0)
-    return SamplerOutput(x.clamp(-1, 1), y, setup.recorder.result())
+    return SamplerOutput(x.clamp(-1, 1), setup.y, setup.recorder.result())
 
 
 @torch.no_grad()
@@ -256,27 +275,22 @@ def ddim_sample(model: nn.Module, schedule: NoiseSchedule, shape: Sequence[int] 
     """
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1] (0 deterministic DDIM, 1 DDPM-like); got {eta}")
-    setup = _setup(model, schedule, shape, noise, y, guidance_scale, num_inference_steps, timestep_spacing,
-                   prediction_type, classifier, classifier_scale, generator, capture_steps)
-    x, y, model_y = setup.x, setup.y, setup.model_y
-    w, s = guidance_scale, classifier_scale  # the papers' symbols
+    setup = _setup(model, schedule, _SamplerArgs(
+        shape=shape, noise=noise, generator=generator, y=y, guidance_scale=guidance_scale, classifier=classifier,
+        classifier_scale=classifier_scale, prediction_type=prediction_type, clip_sample=clip_sample,
+        num_inference_steps=num_inference_steps, timestep_spacing=timestep_spacing, capture_steps=capture_steps))
+    x = setup.x
     for i, timestep in enumerate(tqdm(setup.timesteps.tolist(), desc="DDIM", disable=not progress)):
-        x_t, t, abar_t, abar_prev = x, setup.t(i), setup.alphas_cumprod[i], setup.alphas_cumprod_prev[i]
+        x_t, abar_t, abar_prev = x, setup.alphas_cumprod[i], setup.alphas_cumprod_prev[i]
+        x0, eps = predict_x0_and_eps(model, schedule, x_t, timestep, **setup.prediction)  # the shared step
         # Start
-        out = guided_prediction(model, x_t, t, model_y, w)  # network, CFG: Ho & Salimans eq. 6
-        x0, eps = prediction_to_x0_eps(out, x_t, abar_t, prediction_type)  # eq. 4: x0_hat, eps_hat
-        grad = classifier_log_prob_grad(classifier, x_t, t, y) if s else 0  # D&N eq. 14: gradient
-        eps = classifier_guided_eps(eps, grad, abar_t, s)  # D&N eq. 14: eps - s sqrt(1-abar_t) grad
-        x0 = x0_from_eps(x_t, eps, abar_t) if s else x0  # eq. 12's predicted x_0
-        x0 = x0.clamp(-1, 1) if clip_sample else x0  # clip x0_hat to [-1, 1] before eq. 12
-        eps = eps_from_x0(x_t, x0, abar_t) if clip_sample else eps  # eq. 4: eps of the clipped x0
         sigma = eta * ((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)).sqrt()  # eq. 16
         direction = (1 - abar_prev - sigma ** 2).sqrt() * eps  # eq. 12: direction pointing to x_t
         z = randn(x_t.shape, generator, x_t.device) if eta > 0 else 0  # eq. 12: the random noise
         x = abar_prev.sqrt() * x0 + direction + sigma * z  # eq. 12: x_{t-1}
         # End
         setup.recorder(i, timestep, x_t, x0)
-    return SamplerOutput(x.clamp(-1, 1), y, setup.recorder.result())
+    return SamplerOutput(x.clamp(-1, 1), setup.y, setup.recorder.result())
 
 
 @torch.no_grad()
@@ -294,14 +308,16 @@ def dpm_solver_sample(model: nn.Module, schedule: NoiseSchedule, shape: Sequence
     With alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t) and the half log-SNR
     lambda_t = log(alpha_t / sigma_t), each step from t to the next timestep t' (h = lambda_t' - lambda_t) is
 
-        D = x0_hat + (x0_hat - x0_hat_previous) / (2 r),   r = h_previous / h            (Alg. 2 lines 7-8)
+        r = h_previous / h                                                               (Alg. 2 line 7)
+        D = (1 + 1 / (2 r)) x0_hat - x0_hat_previous / (2 r)
+          = x0_hat + (x0_hat - x0_hat_previous) / (2 r)                                  (Alg. 2 line 8)
         x_t' = (sigma_t' / sigma_t) x_t - alpha_t' (e^-h - 1) D                          (Alg. 2 line 9)
-             = alpha_t' (x0_hat + (1 - e^-h) (D - x0_hat)) + sigma_t' eps_hat
 
-    the second line being the first with x_t = alpha_t x0_hat + sigma_t eps_hat substituted: with D = x0_hat
+    the region's lines, in the algorithm's order. With x_t = alpha_t x0_hat + sigma_t eps_hat substituted,
+    line 9 reads x_t' = alpha_t' (x0_hat + (1 - e^-h) (D - x0_hat)) + sigma_t' eps_hat: with D = x0_hat
     (first order, Alg. 2 line 4) it is DDIM's eta = 0 update. The first step is first order (the
     algorithm has no previous x0_hat yet), and so is the last, which goes to clean data (abar = 1,
-    lambda = +inf, where r = 0): it returns that step's x0_hat, as DDIM's last step and diffusers'
+    sigma = 0, lambda = +inf, e^-h = 0): it returns that step's x0_hat, as DDIM's last step and diffusers'
     ``DPMSolverMultistepScheduler`` (final_sigmas_type="zero") do. Guidance is applied to the network
     output before the solver sees it; clipping replaces x0_hat by its clipped value and re-derives eps
     (the rule of :func:`ddim_sample`). Without clipping, with ``solver_order=2``,
@@ -321,33 +337,30 @@ def dpm_solver_sample(model: nn.Module, schedule: NoiseSchedule, shape: Sequence
     Raises:
         ValueError: bad names, steps, shapes, labels or guidance settings.
     """
-    setup = _setup(model, schedule, shape, noise, y, guidance_scale, num_inference_steps, timestep_spacing,
-                   prediction_type, classifier, classifier_scale, generator, capture_steps, dpm_solver_timesteps)
-    x, y, model_y, last = setup.x, setup.y, setup.model_y, len(setup.timesteps) - 1
-    w, s = guidance_scale, classifier_scale  # the papers' symbols
+    setup = _setup(model, schedule, _SamplerArgs(
+        shape=shape, noise=noise, generator=generator, y=y, guidance_scale=guidance_scale, classifier=classifier,
+        classifier_scale=classifier_scale, prediction_type=prediction_type, clip_sample=clip_sample,
+        num_inference_steps=num_inference_steps, timestep_spacing=timestep_spacing, capture_steps=capture_steps),
+        timesteps_fn=dpm_solver_timesteps)
+    x, last_step = setup.x, len(setup.timesteps) - 1
     abar = torch.cat([setup.alphas_cumprod, setup.alphas_cumprod_prev[-1:]])  # the K timesteps', then 1 (clean)
-    lambdas = abar.sqrt().log() - (1 - abar).sqrt().log()  # lambda_t = log(alpha_t / sigma_t); +inf when clean
+    lambdas = log_snr(abar) / 2  # lambda_t = log(alpha_t / sigma_t), half the log-SNR; +inf when clean
     x0_last = h_last = None
     for i, timestep in enumerate(tqdm(setup.timesteps.tolist(), desc="DPM-Solver++", disable=not progress)):
-        x_t, t, abar_t, abar_next = x, setup.t(i), setup.alphas_cumprod[i], setup.alphas_cumprod_prev[i]
-        alpha_next, sigma_next, lambda_t, lambda_next = abar_next.sqrt(), (1 - abar_next).sqrt(), *lambdas[i:i + 2]
+        x_t, abar_t, abar_next, lambda_t, lambda_next = x, *abar[i:i + 2], *lambdas[i:i + 2]
+        sigma_t, alpha_next, sigma_next = (1 - abar_t).sqrt(), abar_next.sqrt(), (1 - abar_next).sqrt()
+        x0, _ = predict_x0_and_eps(model, schedule, x_t, timestep, **setup.prediction)  # the shared step
         # Start
-        out = guided_prediction(model, x_t, t, model_y, w)  # network, CFG: Ho & Salimans eq. 6
-        x0, eps = prediction_to_x0_eps(out, x_t, abar_t, prediction_type)  # Alg. 2's x_theta; eps
-        grad = classifier_log_prob_grad(classifier, x_t, t, y) if s else 0  # D&N eq. 14: gradient
-        eps = classifier_guided_eps(eps, grad, abar_t, s)  # D&N eq. 14: eps - s sigma_t grad
-        x0 = x0_from_eps(x_t, eps, abar_t) if s else x0  # Alg. 2's x_theta of the guided eps
-        x0 = x0.clamp(-1, 1) if clip_sample else x0  # clip x_theta to [-1, 1] before Alg. 2 line 8
-        eps = eps_from_x0(x_t, x0, abar_t) if clip_sample else eps  # eq. 4: eps of the clipped x0
         h = lambda_next - lambda_t  # Alg. 2 line 1: h_i = lambda_{t_i} - lambda_{t_{i-1}}
-        order = 2 if 0 < i < last else 1  # Alg. 2: line 4 first and last, lines 6-9 between
-        r = h_last / h if order == 2 else 1  # Alg. 2 line 7: r_i = h_{i-1} / h_i
-        D = x0 + (x0 - x0_last) / (2 * r) if order == 2 else x0  # Alg. 2 line 8 (line 4: x_theta)
-        x = alpha_next * (x0 - torch.expm1(-h) * (D - x0)) + sigma_next * eps  # Alg. 2 line 9
+        D = x0  # Alg. 2 line 4: first order on the first step and on the last (to clean data)
+        if 0 < i < last_step:  # Alg. 2 line 6: second order on the steps between
+            r = h_last / h  # Alg. 2 line 7: r_i = h_{i-1} / h_i
+            D = x0 + (x0 - x0_last) / (2 * r)  # Alg. 2 line 8: (1 + 1/2r) x0 - x0_last / 2r
+        x = sigma_next / sigma_t * x_t - alpha_next * torch.expm1(-h) * D  # Alg. 2 lines 4 and 9
         x0_last, h_last = x0, h  # Alg. 2 lines 5 and 10: buffer x_theta (and h_i)
         # End
         setup.recorder(i, timestep, x_t, x0)
-    return SamplerOutput(x.clamp(-1, 1), y, setup.recorder.result())
+    return SamplerOutput(x.clamp(-1, 1), setup.y, setup.recorder.result())
 
 
 SAMPLERS: dict[str, Callable[..., SamplerOutput]] = {"ddpm": ddpm_sample, "ddim": ddim_sample,
@@ -399,44 +412,64 @@ class _Recorder:
         return Trajectory(self.steps, self.timesteps, torch.stack(self.x_t), torch.stack(self.pred_x0))
 
 
+@dataclass(frozen=True)
+class _SamplerArgs:
+    """The arguments every sampler validates at its entry (their meaning: :func:`ddpm_sample`'s Args)."""
+
+    shape: Sequence[int] | None
+    noise: torch.Tensor | None
+    y: torch.Tensor | None
+    guidance_scale: float
+    classifier: nn.Module | None
+    classifier_scale: float
+    prediction_type: str
+    clip_sample: bool
+    generator: torch.Generator | None
+    num_inference_steps: int
+    timestep_spacing: str
+    capture_steps: Sequence[int] | str | None
+
+
 @dataclass
 class _Setup:
-    """What the samplers prepare before the loop: x_T, validated labels, timesteps and their alpha_bars."""
+    """What the samplers prepare before the loop: x_T, validated labels, timesteps and their alpha_bars, and
+    ``prediction``, the keyword arguments of every step's :func:`predict_x0_and_eps` (with those labels)."""
 
     x: torch.Tensor
     y: torch.Tensor | None
-    model_y: torch.Tensor | None
     timesteps: torch.Tensor
     alphas_cumprod: torch.Tensor
     alphas_cumprod_prev: torch.Tensor
     recorder: _Recorder
-
-    def t(self, i: int) -> torch.Tensor:
-        """The i-th timestep as the network's int64 (N,) input, on the sample's device."""
-        return torch.full((self.x.shape[0],), int(self.timesteps[i]), dtype=torch.long, device=self.x.device)
+    prediction: dict[str, Any]
 
 
-def _setup(model, schedule, shape, noise, y, guidance_scale, num_inference_steps, timestep_spacing, prediction_type,
-           classifier, classifier_scale, generator, capture_steps, timesteps_fn=inference_timesteps) -> _Setup:
+def _setup(model: nn.Module, schedule: NoiseSchedule, args: _SamplerArgs,
+           timesteps_fn: Callable[[int, int, str], torch.Tensor] = inference_timesteps) -> _Setup:
     """Validate the arguments common to the samplers (once) and prepare x_T, the timesteps and their alpha_bars.
 
-    ``timesteps_fn(T, K, spacing)`` places the timesteps (:func:`inference_timesteps` or
-    :func:`dpm_solver_timesteps`); after the last one comes alpha_bar = 1 (clean data).
+    Moves ``schedule`` to the model's device (in place, as ``nn.Module.to`` does). ``timesteps_fn(T, K, spacing)``
+    places the timesteps (:func:`inference_timesteps` or :func:`dpm_solver_timesteps`); after the last one
+    comes alpha_bar = 1 (clean data).
     """
-    check_prediction_type(prediction_type)
+    check_prediction_type(args.prediction_type)
     device = next(model.parameters()).device
-    if noise is None and shape is None:
+    if args.noise is None and args.shape is None:
         raise ValueError("give either shape=(N, C, H, W) or the starting noise")
-    x = noise.to(device).float() if noise is not None else randn(tuple(shape), generator, device)
-    if noise is not None:
+    if args.noise is not None:
+        x = args.noise.to(device).float()
         check_finite(x, "noise")  # one host read per sampling call
+    else:
+        x = randn(tuple(args.shape), args.generator, device)
     if x.ndim != 4:
         raise ValueError(f"samples must be (N, C, H, W); got shape {tuple(x.shape)}")
-    y = check_guidance_inputs(model, y, x.shape[0], guidance_scale, device, classifier, classifier_scale)
-    model_y = y if is_conditional(model) else None  # an unconditional UNet under classifier guidance: classifier only
-    schedule = schedule.to(device)
-    timesteps = timesteps_fn(schedule.num_train_timesteps, num_inference_steps, timestep_spacing)
+    y = check_guidance_inputs(model, args.y, x.shape[0], args.guidance_scale, device, args.classifier,
+                              args.classifier_scale)
+    schedule.to(device)
+    timesteps = timesteps_fn(schedule.num_train_timesteps, args.num_inference_steps, args.timestep_spacing)
     alphas_cumprod = schedule.alphas_cumprod[timesteps.to(device)]
     alphas_cumprod_prev = torch.cat([alphas_cumprod[1:], torch.ones(1, device=device)])
-    recorder = _Recorder(capture_steps, len(timesteps))
-    return _Setup(x, y, model_y, timesteps, alphas_cumprod, alphas_cumprod_prev, recorder)
+    recorder = _Recorder(args.capture_steps, len(timesteps))
+    prediction = dict(y=y, guidance_scale=args.guidance_scale, prediction_type=args.prediction_type,
+                      clip_sample=args.clip_sample, classifier=args.classifier, classifier_scale=args.classifier_scale)
+    return _Setup(x, y, timesteps, alphas_cumprod, alphas_cumprod_prev, recorder, prediction)

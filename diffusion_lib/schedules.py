@@ -220,11 +220,27 @@ def posterior_coefficients(alphas_cumprod: torch.Tensor, alphas_cumprod_prev: to
                                  coef_xt=(1.0 - beta).sqrt() * (1.0 - abar_prev) / (1.0 - abar))
 
 
+def log_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """log SNR = log(alpha_bar / (1 - alpha_bar))  (Kingma et al. 2021, eq. 1; SNR as in :class:`NoiseSchedule`).
+
+    Half of it is DPM-Solver's lambda_t = log(alpha_t / sigma_t) with alpha_t = sqrt(alpha_bar_t),
+    sigma_t = sqrt(1 - alpha_bar_t) (Lu et al. 2022, sec. 2).
+
+    Args:
+        alphas_cumprod: alpha_bar, a float tensor of any shape, values in (0, 1].
+
+    Returns:
+        a tensor of the same shape and dtype; +inf where alpha_bar = 1 (clean data).
+    """
+    return alphas_cumprod.log() - (1.0 - alphas_cumprod).log()
+
+
 class NoiseSchedule(nn.Module):
     """Every coefficient of the forward process and its posterior, for one beta schedule.
 
-    Computed in float64, stored as float32 buffers (so ``.to(device)`` moves them and
-    checkpoints can keep them), named as in diffusers. With alpha_t = 1 - beta_t and
+    Computed in float64, stored as float32 buffers named as in diffusers, so ``.to(device)`` moves
+    them. The buffers are not persistent (not in ``state_dict``): a checkpoint stores the schedule's
+    name, T and arguments (in the config) and rebuilds them. With alpha_t = 1 - beta_t and
     alpha_bar_t = prod_{s<=t} alpha_s (Ho et al. 2020, sec. 2):
 
     ============================== ==================================================== =============
@@ -292,8 +308,8 @@ class NoiseSchedule(nn.Module):
         return len(self.betas)
 
     def log_snr(self) -> torch.Tensor:
-        """log SNR_t = log(alpha_bar_t / (1 - alpha_bar_t)), float32 (T,) (Kingma et al. 2021, eq. 1)."""
-        return self.snr.log()
+        """:func:`log_snr` of every timestep's alpha_bar_t, float32 (T,)."""
+        return log_snr(self.alphas_cumprod)
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, num_train_timesteps={self.num_train_timesteps}"

@@ -17,7 +17,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .models import VAE, Classifier, is_conditional
+from .config import ExperimentConfig, apply_overrides, from_dict, load_config
+from .data import load_dataset
+from .models import VAE, Classifier, build_network, is_conditional
 
 COLUMNS = ("output_size", "num_params", "mult_adds")
 
@@ -103,16 +105,11 @@ def network_summary(config, overrides: Sequence[str] = (), depth: int = 3, batch
     Raises:
         ValueError: a bad config, or ``classifier`` on unlabeled data.
     """
-    from .config import ExperimentConfig, apply_overrides, from_dict, load_config
-    from .training import build_network
-
     if isinstance(config, (str, Path)):
         config = load_config(config, list(overrides))
     elif overrides:
         config = from_dict(ExperimentConfig, apply_overrides(config.to_dict(), list(overrides)))
     if dataset is None:
-        from .data import load_dataset
-
         dataset = load_dataset(config.data.source, image_size=config.data.image_size, **config.data.options)
     torch.manual_seed(config.training.seed)
     model = build_network(config, dataset.channels, dataset.image_size, dataset.num_classes).eval()

@@ -5,10 +5,11 @@ import copy
 import pytest
 import torch
 
+from diffusion_lib import sampling
 from diffusion_lib.experiments.guidance import guidance_sweep, within_class_diversity
-from diffusion_lib.guidance import classifier_log_prob_grad
+from diffusion_lib.guidance import classifier_free_guidance, classifier_guided_eps, classifier_log_prob_grad
 from diffusion_lib.models.classifier import Classifier
-from diffusion_lib.sampling import ddim_sample, ddpm_sample, predict_x0_and_eps
+from diffusion_lib.sampling import ddim_sample, ddpm_sample, dpm_solver_sample, predict_x0_and_eps
 
 from conftest import BrightnessClassifier
 
@@ -117,8 +118,6 @@ def test_within_class_diversity():
 
 
 def test_classifier_free_mix_and_the_papers_convention():
-    from diffusion_lib.guidance import classifier_free_guidance
-
     uncond, cond = torch.tensor([1.0, -2.0]), torch.tensor([3.0, 0.0])
     assert torch.equal(classifier_free_guidance(uncond, cond, 0.0), uncond)
     assert torch.equal(classifier_free_guidance(uncond, cond, 1.0), cond)
@@ -128,8 +127,33 @@ def test_classifier_free_mix_and_the_papers_convention():
 
 
 def test_classifier_guided_eps_is_eq_14_and_the_identity_at_scale_0():
-    from diffusion_lib.guidance import classifier_guided_eps
-
     eps, grad, abar = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4), torch.tensor(0.36)
     assert classifier_guided_eps(eps, grad, abar, 0.0) is eps
     torch.testing.assert_close(classifier_guided_eps(eps, grad, abar, 2.0), eps - 2.0 * 0.8 * grad)
+
+
+def test_the_shared_step_skips_the_classifier_at_scale_0(tiny_cond_unet, schedule, noisy_classifier, monkeypatch):
+    """classifier_log_prob_grad and classifier_guided_eps run only when s != 0 (a branch, not a no-op call)."""
+    calls = []
+    monkeypatch.setattr(sampling, "classifier_log_prob_grad", lambda *args: calls.append("gradient"))
+    monkeypatch.setattr(sampling, "classifier_guided_eps", lambda *args: calls.append("guided eps"))
+    x_t, y = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1])
+    unguided = predict_x0_and_eps(tiny_cond_unet, schedule, x_t, 10, y=y, guidance_scale=0.0)
+    at_zero = predict_x0_and_eps(tiny_cond_unet, schedule, x_t, 10, y=y, guidance_scale=0.0,
+                                 classifier=noisy_classifier, classifier_scale=0.0)
+    assert calls == [] and all(torch.equal(a, b) for a, b in zip(unguided, at_zero))
+    with pytest.raises(ValueError, match="classifier_scale=2.0 needs the noise-conditioned classifier"):
+        predict_x0_and_eps(tiny_cond_unet, schedule, x_t, 10, y=y, classifier_scale=2.0)
+
+
+@pytest.mark.parametrize("sampler", [ddpm_sample, ddim_sample, dpm_solver_sample], ids=lambda f: f.__name__)
+def test_one_network_evaluation_per_step(tiny_cond_unet, schedule, sampler):
+    """The shared step adds no model calls: K steps of guided sampling are K forward passes (of 2N images)."""
+    batches = []
+    handle = tiny_cond_unet.register_forward_hook(lambda module, args, output: batches.append(len(args[0])))
+    try:
+        sampler(tiny_cond_unet, schedule, shape=(3, 1, 8, 8), y=torch.tensor([0, 1, 2]), guidance_scale=3.0,
+                num_inference_steps=5, generator=torch.Generator().manual_seed(0))
+    finally:
+        handle.remove()
+    assert batches == [6] * 5

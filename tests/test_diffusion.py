@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from diffusion_lib import NoiseSchedule, q_posterior, q_sample, to_x0_and_eps, training_loss
+from diffusion_lib import NoiseSchedule, prediction_to_x0_eps, q_posterior, q_sample, training_loss
 from diffusion_lib.diffusion import v_target
+from diffusion_lib.schedules import broadcast
 
 
 def test_forward_process_statistics_match_eq4():
@@ -31,7 +32,7 @@ def test_conversions_recover_x0_and_eps(prediction_type):
     t = torch.randint(0, 100, (8,), generator=g)
     x_t = q_sample(s, x0, t, eps)
     output = {"epsilon": eps, "v_prediction": v_target(s, x0, eps, t), "sample": x0}[prediction_type]
-    x0_hat, eps_hat = to_x0_and_eps(s, output, x_t, t, prediction_type)
+    x0_hat, eps_hat = prediction_to_x0_eps(output, x_t, broadcast(s.alphas_cumprod, t, x_t), prediction_type)
     torch.testing.assert_close(x0_hat, x0, atol=2e-3, rtol=1e-3)
     torch.testing.assert_close(eps_hat, eps, atol=2e-3, rtol=1e-3)
 

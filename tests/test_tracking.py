@@ -157,6 +157,19 @@ def test_interrupted_sweep_trains_only_the_remaining_runs(tmp_path, digits, monk
     assert groups == {"sweep"}  # one wandb group for the whole sweep
 
 
+def test_a_sweep_skips_a_run_that_max_epochs_finished(tmp_path, digits):
+    config = tmp_path / "tiny.yaml"
+    config.write_text("name: tiny\n")
+    small = digits.subset(torch.arange(24))  # batch 8: 3 steps an epoch, so max_epochs=1 ends before max_steps=4
+    lines = []
+    for _ in range(2):
+        run_sweep(config, ["training.learning_rate=1e-3"], tmp_path / "sweep", overrides=[*TINY, "training.max_epochs=1"],
+                  progress=False, dataset=small, log=lines.append)
+    assert lines == ["[1/1] learning_rate=0.001: training", "[1/1] learning_rate=0.001: finished, skipped"]
+    summary = load_run(tmp_path / "sweep" / "learning_rate=0.001").summary
+    assert summary["finished"] is True and summary["step"] == summary["max_steps"] == 3
+
+
 def test_summary_command_prints_layer_tables(capsys):
     pytest.importorskip("torchinfo")
     assert main(["summary", "--config", "configs/digits_cfg.yaml", "--set", "data.image_size=8", "--classifier",

@@ -347,6 +347,25 @@ def test_max_epochs_ends_the_run_first_and_resumes_exactly(tmp_path, digits):
     assert resumed.step == 12 and torch.equal(params(resumed.model), params(straight.model))
 
 
+def test_a_run_ended_by_max_epochs_is_finished_for_run_json_and_the_sweep(tmp_path, digits):
+    from diffusion_lib.experiments.sweep import is_finished
+    from diffusion_lib.run_log import read_run_summary
+
+    small = digits.subset(torch.arange(100))  # 100 images, batch 16: 6 steps an epoch, so 2 epochs end at step 12
+    config = tiny_config("training.max_steps=1000", "training.max_epochs=2")
+    first = Trainer(config, tmp_path / "run", dataset=small, progress=False)
+    first.train(max_steps=7)  # a session stopped short of the end: not finished
+    summary = read_run_summary(tmp_path / "run")
+    assert summary["step"] == 7 and summary["max_steps"] == 12 and summary["finished"] is False
+    assert not is_finished(tmp_path / "run", config.training)
+    Trainer(config, tmp_path / "run", dataset=small, resume=True, progress=False).train()
+    summary = read_run_summary(tmp_path / "run")
+    assert summary["step"] == 12 and summary["max_steps"] == 12 and summary["finished"] is True
+    assert summary["num_images"] == 100
+    assert is_finished(tmp_path / "run", config.training)  # a sweep skips it instead of reopening it
+    assert not is_finished(tmp_path / "run", tiny_config("training.max_steps=1000", "training.max_epochs=3").training)
+
+
 def test_a_model_that_cannot_run_fails_before_anything_is_written(tmp_path):
     small = load_dataset("digits", image_size=10)
     with pytest.raises(ValueError, match=r"image size \(10, 10\) is not divisible"):

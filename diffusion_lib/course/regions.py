@@ -1,9 +1,11 @@
 """Regions that teach: show the library's own code in the notebooks instead of copying it.
 
-The training step (``diffusion.training_loss``) and the sampling loops (``sampling.ddpm_sample``,
-``sampling.ddim_sample``) keep their core lines between a line ``# Start`` and a line ``# End``.
-Notebook 04 shows those regions with :func:`show_region` (the text: :func:`region_source`), so
-what students read is always the code that runs::
+The training step (``diffusion.training_loss``), the prediction step the samplers share
+(``sampling.predict_x0_and_eps``) and each sampler's update (``sampling.ddpm_sample``,
+``sampling.ddim_sample``, ``sampling.dpm_solver_sample``) keep their core lines between a line
+``# Start`` and a line ``# End``. Notebook 04 and homework part 2 show those regions with
+:func:`show_region` (the text: :func:`region_source`), so what students read is always the code
+that runs::
 
     from diffusion_lib.course.regions import show_region
     show_region(training_loss)       # last expression of a cell: highlighted source

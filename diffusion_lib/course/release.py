@@ -91,6 +91,12 @@ def generate_notebook(nb):
     except ImportError as error:  # pragma: no cover - depends on the environment
         raise RuntimeError(NBGRADER_HINT) from error
     resources: dict = {}
+    # nbgrader's own GenerateAssignment order (nbgrader/converters/generate_assignment.py), less the steps that
+    # need its database or templates (IncludeHeaderFooter, InstantiateTests, SaveCells). The order matters:
+    # cells are locked and solutions and outputs cleared before the first checksums, so the checksums are of what
+    # the student receives (nbgrader validate/autograde flag a locked or graded cell whose source then changes);
+    # hidden tests are cleared after them, as nbgrader requires, and that changes those cells, so the checksums
+    # are computed again; the metadata check runs after each checksum pass, on the metadata the steps wrote.
     for cls in (pp.LockCells, pp.ClearSolutions, pp.ClearOutput, pp.CheckCellMetadata, pp.ComputeChecksums,
                 pp.ClearHiddenTests, pp.ClearMarkScheme, pp.ComputeChecksums, pp.CheckCellMetadata):
         nb, resources = cls().preprocess(nb, resources)

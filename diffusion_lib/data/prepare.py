@@ -31,7 +31,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
-from ..checkpoint import load_artifact, save_artifact
+from ..artifacts import load_artifact, save_artifact
 from .dataset import ImageDataset, SourceInfo
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
@@ -391,7 +391,7 @@ CACHE_KEYS = ("pixels", "labels", "class_names", "info", "report", "files")
 
 
 def save_cache(path, dataset: ImageDataset) -> None:
-    """Write a prepared dataset as artifact kind "data_cache" (:func:`diffusion_lib.checkpoint.save_artifact`).
+    """Write a prepared dataset as artifact kind "data_cache" (:func:`diffusion_lib.artifacts.save_artifact`).
 
     The payload holds the uint8 pixels (N, H, W, C), int64 labels (N,) or None, class names, the
     SourceInfo fields, the cleaning report (columns of strings) and the source file paths; the file is

@@ -21,7 +21,8 @@ from typing import Sequence
 import pandas as pd
 import yaml
 
-from ..loggers import SUMMARY_FILE, flatten_config
+from ..loggers import flatten_config
+from ..run_log import read_run_summary
 
 # evaluation fields shown in the comparison (the JSON holds more)
 EVAL_COLUMNS = ("fid", "kid_mean", "is_mean", "diversity", "class_accuracy", "extractor")
@@ -101,9 +102,7 @@ def load_run(path: str | Path) -> RunRecord:
         raise FileNotFoundError(f"{path} is not a run folder (no config.yaml)")
     config = flatten_config(yaml.safe_load((path / "config.yaml").read_text()) or {})
     log = pd.read_csv(path / "log.csv") if (path / "log.csv").is_file() else pd.DataFrame(columns=["step", "loss"])
-    summary = {}
-    if (path / SUMMARY_FILE).is_file():
-        summary = json.loads((path / SUMMARY_FILE).read_text()).get("payload", {})
+    summary = read_run_summary(path)
     evaluations = []
     for file in sorted((path / "checkpoints").glob("*.eval*.json")):
         report = json.loads(file.read_text())

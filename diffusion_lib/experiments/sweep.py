@@ -3,7 +3,8 @@
     python -m diffusion_lib sweep --config configs/digits_cfg.yaml \\
         --grid training.learning_rate=1e-3,3e-4 diffusion.p_uncond=0.1,0.2 --output runs/sweep_lr_puncond
 
-A run whose ``run.json`` says finished (at the requested ``max_steps``) is skipped when the sweep is
+A run whose ``run.json`` says finished (at the step the config ends at: ``training.max_steps``, or
+``training.max_epochs`` epochs if that comes first) is skipped when the sweep is
 run again; a run with a checkpoint short of it resumes exactly (the Trainer's resume). With
 ``wandb`` among ``training.loggers`` every run of the sweep joins one wandb group (the output
 folder's name, unless ``training.wandb_group`` is set).
@@ -11,6 +12,7 @@ folder's name, unless ``training.wandb_group`` is set).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import re
@@ -19,7 +21,11 @@ from typing import Callable, Sequence
 
 import yaml
 
-from ..loggers import SUMMARY_FILE
+from ..atomic import atomic_write_text
+from ..config import TrainingConfig, load_config, total_steps
+from ..run_log import read_run_summary
+from ..training import Trainer
+from .runs import compare_runs
 
 
 def parse_grid(items: Sequence[str]) -> dict[str, list]:
@@ -73,16 +79,23 @@ def run_name(point: dict) -> str:
     return re.sub(r"[^\w=.,\-\[\]]", "-", name)
 
 
-def is_finished(run_dir: str | Path, max_steps: int) -> bool:
-    """True when ``run_dir/run.json`` records a finished run at ``max_steps`` steps (its checkpoint is saved first)."""
-    path = Path(run_dir) / SUMMARY_FILE
-    if not path.is_file() or not (Path(run_dir) / "checkpoints" / "last.ckpt").is_file():
+def is_finished(run_dir: str | Path, training: TrainingConfig | int) -> bool:
+    """True when ``run_dir/run.json`` records a finished run at the step ``training`` ends at (its checkpoint is
+    saved first).
+
+    Args:
+        run_dir: the run folder.
+        training: the run's :class:`~diffusion_lib.config.TrainingConfig` (the end is
+            :func:`~diffusion_lib.config.total_steps` of it and run.json's ``num_images``), or that end step.
+    """
+    summary = read_run_summary(run_dir)
+    if not summary or not (Path(run_dir) / "checkpoints" / "last.ckpt").is_file():
         return False
-    try:
-        payload = json.loads(path.read_text())["payload"]
-    except (ValueError, KeyError):
-        return False
-    return bool(payload.get("finished")) and payload.get("step") == max_steps
+    if isinstance(training, TrainingConfig):
+        if training.max_epochs is not None and "num_images" not in summary:
+            return False  # an older run.json: resuming finds out (at once, when the run is done)
+        training = total_steps(training, summary.get("num_images", 1))
+    return bool(summary.get("finished")) and summary.get("step") == training
 
 
 def run_sweep(config: str | Path, grid: dict[str, list] | Sequence[str], output: str | Path,
@@ -105,11 +118,6 @@ def run_sweep(config: str | Path, grid: dict[str, list] | Sequence[str], output:
     Raises:
         ValueError: a bad grid or config key/value (checked for every point before any training).
     """
-    from ..atomic import atomic_write_text
-    from ..config import load_config
-    from ..training import Trainer
-    from .runs import compare_runs
-
     grid = parse_grid(grid) if not isinstance(grid, dict) else grid
     points = grid_points(grid)
     output = Path(output)
@@ -126,7 +134,7 @@ def run_sweep(config: str | Path, grid: dict[str, list] | Sequence[str], output:
         indent=2) + "\n")
     for i, (name, cfg) in enumerate(configs, 1):
         run_dir = output / name
-        if is_finished(run_dir, cfg.training.max_steps):
+        if is_finished(run_dir, cfg.training):
             log(f"[{i}/{len(configs)}] {name}: finished, skipped")
             continue
         resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
@@ -136,6 +144,4 @@ def run_sweep(config: str | Path, grid: dict[str, list] | Sequence[str], output:
 
 
 def _replace(cfg, name: str, group: str):
-    import dataclasses
-
     return dataclasses.replace(cfg, name=name, training=dataclasses.replace(cfg.training, wandb_group=group))

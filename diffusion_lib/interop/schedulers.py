@@ -3,13 +3,11 @@
 :func:`scheduler_from_schedule` builds a diffusers scheduler (https://github.com/huggingface/diffusers)
 on our betas (``trained_betas``, same T), and :func:`sample_with_diffusers_scheduler` runs its loop
 (``set_timesteps``, ``scale_model_input``, ``step``) on our network through
-:class:`DiffusersUNetAdapter`, which applies, per call, in this order:
-
-1. the network call with classifier-free guidance (:func:`diffusion_lib.sampling.guided_prediction`),
-2. the x_0 and eps prediction (:func:`diffusion_lib.diffusion.prediction_to_x0_eps`) at alpha_bar_t,
-   interpolated for the fractional timesteps of sigma-space schedulers (:func:`alpha_bar_at`),
-3. clipping of x_0 to [-1, 1] with eps re-derived (:func:`diffusion_lib.diffusion.eps_from_x0`),
-4. conversion to the scheduler's ``prediction_type``.
+:class:`DiffusersUNetAdapter`, which per call runs our samplers' own prediction step,
+:func:`diffusion_lib.sampling.predict_x0_and_eps` (classifier-free guidance,
+:func:`diffusion_lib.guidance.guided_prediction`; the x_0 and eps prediction; clipping of x_0 to
+[-1, 1] with eps re-derived), at alpha_bar_t interpolated for the fractional timesteps of
+sigma-space schedulers (:func:`alpha_bar_at`), then converts to the scheduler's ``prediction_type``.
 
 Our ``ddim_sample`` / ``ddpm_sample`` and diffusers' ``DDIMScheduler`` / ``DDPMScheduler`` then agree
 to float32 rounding on the same model and noise.
@@ -30,9 +28,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..device import randn
-from ..diffusion import check_prediction_type, eps_from_x0, prediction_to_x0_eps, v_from_x0_eps
-from ..guidance import check_guidance_inputs, guided_prediction
-from ..sampling import SamplerOutput
+from ..diffusion import check_prediction_type, v_from_x0_eps
+from ..guidance import check_guidance_inputs
+from ..sampling import SamplerOutput, predict_x0_and_eps
 from ..schedules import NoiseSchedule
 
 SCHEDULERS: dict[str, type[SchedulerMixin]] = {
@@ -111,8 +109,6 @@ def alpha_bar_at(schedule: NoiseSchedule, t: float | torch.Tensor) -> torch.Tens
     linearly between neighbours, as diffusers does, and abar = 1 / (1 + sigma^2)
     (Karras et al. 2022, sec. 2: x_t / sqrt(abar) = x_0 + sigma eps).
 
-    Not :func:`diffusion_lib.diffusion.alpha_bar_at`, which reads int64 timesteps of a batch.
-
     Args:
         schedule: the noise schedule.
         t: a scalar timestep (Python number or 0-d tensor), integral or fractional.
@@ -138,13 +134,13 @@ def alpha_bar_at(schedule: NoiseSchedule, t: float | torch.Tensor) -> torch.Tens
 class DiffusersUNetAdapter:
     """Our network as the ``model(sample, t)`` a diffusers scheduler loop calls.
 
-    Each call: classifier-free guidance (:func:`~diffusion_lib.sampling.guided_prediction`);
-    conversion of the output (``prediction_type``) to x_0 and eps
-    (:func:`~diffusion_lib.diffusion.prediction_to_x0_eps` at abar_t = :func:`alpha_bar_at`);
-    optional clipping of x_0 to [-1, 1] with eps re-derived from the clipped x_0
-    (:func:`~diffusion_lib.diffusion.eps_from_x0`; diffusers' ``use_clipped_model_output``: strong
-    guidance washes out without it); and conversion to what the scheduler expects
-    (``scheduler_prediction_type``; v by :func:`~diffusion_lib.diffusion.v_from_x0_eps`).
+    Each call is our samplers' prediction step, :func:`~diffusion_lib.sampling.predict_x0_and_eps`
+    at abar_t = :func:`alpha_bar_at`: classifier-free guidance
+    (:func:`~diffusion_lib.guidance.guided_prediction`), conversion of the output
+    (``prediction_type``) to x_0 and eps, optional clipping of x_0 to [-1, 1] with eps re-derived
+    from the clipped x_0 (diffusers' ``use_clipped_model_output``: strong guidance washes out
+    without it); then conversion to what the scheduler expects (``scheduler_prediction_type``; v by
+    :func:`~diffusion_lib.diffusion.v_from_x0_eps`).
 
     The input must be the scheduler's ``scale_model_input`` output: for sigma-space schedulers
     that is x / sqrt(sigma^2 + 1), i.e. the variance-preserving x_t our network was trained on.
@@ -153,7 +149,7 @@ class DiffusersUNetAdapter:
         model: ``model(x_t, t, y)``; a ConditionalUNet for labels and guidance.
         schedule: its noise schedule (same device).
         y: int64 (N,) class labels in [0, num_classes - 1], or None; validated by the caller
-            (:func:`sample_with_diffusers_scheduler` uses :func:`~diffusion_lib.sampling.check_guidance_inputs`).
+            (:func:`sample_with_diffusers_scheduler` uses :func:`~diffusion_lib.guidance.check_guidance_inputs`).
         guidance_scale: w (0 unconditional, 1 conditional, > 1 guided; Ho & Salimans' w = ours - 1).
         prediction_type: what the network predicts.
         scheduler_prediction_type: what the scheduler expects; default ``prediction_type``.
@@ -191,18 +187,12 @@ class DiffusersUNetAdapter:
         Raises:
             ValueError: ``timestep`` outside [0, T-1]; labels or guidance for an unconditional model.
         """
-        timestep = torch.as_tensor(timestep, device=sample.device)
-        integral = not timestep.is_floating_point() or float(timestep) == round(float(timestep))
-        t = timestep.to(torch.long if integral else torch.float32).reshape(1).expand(sample.shape[0])
-        out = guided_prediction(self.model, sample, t, self.y, self.guidance_scale).float()  # Ho & Salimans eq. 6
+        t = float(timestep)  # one host read: diffusers' loops pass 0-d tensors, fractional for sigma-space ones
+        abar = alpha_bar_at(self.schedule, t)
+        x0, eps = predict_x0_and_eps(self.model, self.schedule, sample, t, y=self.y, guidance_scale=self.guidance_scale,
+                                     prediction_type=self.prediction_type, clip_sample=self.clip_sample,
+                                     alpha_bar=abar)
         self.num_evaluations += 1
-        if not self.clip_sample and self.prediction_type == self.scheduler_prediction_type:
-            return out
-        abar = alpha_bar_at(self.schedule, timestep)
-        x0, eps = prediction_to_x0_eps(out, sample, abar, self.prediction_type)  # Ho et al. eq. 15 / S&H sec. 4
-        if self.clip_sample:
-            x0 = x0.clamp(-1, 1)
-            eps = eps_from_x0(sample, x0, abar)  # eps re-derived from the clipped x_0 (eq. 4 solved for eps)
         if self.scheduler_prediction_type == "epsilon":
             return eps
         if self.scheduler_prediction_type == "sample":

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoint import load_artifact, save_artifact
+from ..artifacts import load_artifact, save_artifact
 from ..classifier_training import load_classifier, save_classifier, train_classifier
 from ..device import resolve_device
 from ..images import from_uint8, to_uint8
