@@ -21,9 +21,10 @@ from typing import Any, Sequence
 
 import yaml
 
-# The names the config accepts. This module is a leaf (no torch, no other module of the library), so
-# reading a YAML config is cheap; the modules that implement each choice hold the matching tables, and
-# tests/test_imports.py checks that both agree (and that no torch is imported here).
+# The names the config accepts, in one place. This module is a leaf (no torch, no other module of the
+# library), so reading a YAML config is cheap. The modules that implement a choice import these tuples
+# (diffusion.PREDICTION_TYPES is this one); where they keep a table keyed by name (sampling.SAMPLERS,
+# models.KINDS, the schedule registry), tests/test_imports.py checks its keys against the tuple here.
 SAMPLER_NAMES = ("ddpm", "ddim", "dpmsolver++")          # sampling.SAMPLERS: name -> sampler function
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # diffusion.PREDICTION_TYPES
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")   # sampling.TIMESTEP_SPACINGS

@@ -14,11 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import PREDICTION_TYPES  # the accepted names live in config, a leaf
 from .device import randn
 from .models import is_conditional
 from .schedules import NoiseSchedule, broadcast
-
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 def check_prediction_type(prediction_type: str) -> None:

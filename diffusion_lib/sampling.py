@@ -25,14 +25,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .config import TIMESTEP_SPACINGS, VARIANCE_TYPES  # the accepted names live in config, a leaf
 from .device import randn
 from .diffusion import check_finite, check_prediction_type, eps_from_x0, prediction_to_x0_eps, x0_from_eps
 from .guidance import check_guidance_inputs, classifier_guided_eps, classifier_log_prob_grad, guided_prediction
 from .models import is_conditional
 from .schedules import NoiseSchedule, log_snr, posterior_coefficients
-
-TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
-VARIANCE_TYPES = ("fixed_small", "fixed_large")
 
 
 @dataclass

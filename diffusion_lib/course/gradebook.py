@@ -27,11 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import annotations as ann
-from .nbcourse import answer_text, quote
+from .nbcourse import LIBRARY_NOTEBOOK, answer_text, quote
 from .nbgrading import is_autograde, nb_cells, nb_meta
 from .tasks import Course
 
-LIBRARY_NOTEBOOK = "library"
 STATUS_CELL = "grader_status"
 MAX_ANNOTATION = 300
 BASE_COLUMNS = ["student", "archive", "status", "flagged"]
@@ -67,23 +66,13 @@ class Layout(dict):
         self.solutions = solutions or {}
 
 
-def answer_points(course: Course) -> dict[tuple[str, str], float]:
-    """(notebook stem, grade_id) -> points of every answer cell named in tasks.yaml (a task's manual
-    points split evenly over its answer cells)."""
-    points = {}
-    for task in course.tasks:
-        for cell in task.answer_cells:
-            points[(Path(task.notebook).stem, cell)] = round(task.manual_points / len(task.answer_cells), 6)
-    return points
-
-
 def gradebook_layout(course: Course, notebooks: dict[str, dict]) -> Layout:
     """notebook -> [(cell name, max score, cell type, autograded)] in a fixed order, from the instructor's
     notebooks (``notebooks``: stem -> notebook JSON); answer cells named in tasks.yaml get its points."""
     layout = Layout({LIBRARY_NOTEBOOK: [(f"task_{t.id}", t.auto_points, "code", True)
                                         for t in course.tasks if t.autograded]},
                     solutions={LIBRARY_NOTEBOOK: [f"task_{t.id}" for t in course.tasks if t.autograded]})
-    points = answer_points(course)
+    points = course.answer_points()
     for name in sorted(notebooks):
         cells, solutions = [], []
         for cell in nb_cells(notebooks[name]):

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from .nbgrading import nb_cells, nb_meta
 
-LIBRARY_NOTEBOOK = "library"  # as gradebook.LIBRARY_NOTEBOOK (not imported: gradebook imports this module)
+LIBRARY_NOTEBOOK = "library"  # the stem of the generated notebook that holds the library tasks' grades
 STATUS_CELL = "grader_status"
 MAX_ANSWER = 4000  # characters of an answer quoted in the feedback
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S.%f %Z"  # nbgrader's Exchange.timestamp_format
@@ -248,9 +248,7 @@ def write_course_layout(out: Path, course, assignment: str, sources: dict[str, d
             ``timestamp``, scores and notes).
         status_line: Submission -> the status text shown in library.ipynb.
     """
-    from .gradebook import answer_points
-
-    points = answer_points(course)
+    points = course.answer_points()
     out = Path(out)
     work = Path(tempfile.mkdtemp(prefix=".nbgrader-layout-", dir=out))
     try:

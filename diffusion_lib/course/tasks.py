@@ -72,6 +72,12 @@ class Course:
                 return task
         raise ValueError(f"unknown task {task_id!r}; tasks: {[t.id for t in self.tasks]}")
 
+    def answer_points(self) -> dict[tuple[str, str], float]:
+        """(notebook stem, grade_id) -> points of every answer cell named here (a task's manual points split
+        evenly over its answer cells)."""
+        return {(Path(task.notebook).stem, cell): round(task.manual_points / len(task.answer_cells), 6)
+                for task in self.tasks for cell in task.answer_cells}
+
     @property
     def annotation_files(self) -> tuple[str, ...]:
         files: list[str] = []
