@@ -8,7 +8,8 @@ Every sampler starts from the same noise x_T (seed ``--seed``) with the same lab
 often). Quality is measured as in benchmarks/judge_digits.py: images are area-pooled back to 8x8 and
 mapped to the digits' 0..16 range; the judge is scikit-learn's SVC trained on real 8x8 digits; the
 Fréchet distance (pixel space, 64 dimensions) is taken against the judge's training digits after the
-same 8 -> 16 -> 8 round trip, next to the floor that as many held-out real digits get. Prints the
+model's own round trip (8 -> image size -> 8; none for the 8 px main job), next to the floor that as many
+held-out real digits get. Prints the
 table and the smallest DPM-Solver++ step count whose accuracy is at least 95 % of DDIM-50's and
 whose distance is at most 105 % of DDIM-50's, with its sampling time.
 """
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from judge_digits import real_digit_features, to_judge_features  # noqa: E402  (the judge, its 16 -> 8 features)
+from judge_digits import real_digit_features, to_judge_features  # noqa: E402  (the judge, its 8x8 features)
 
 from diffusion_lib.checkpoint import load_model  # noqa: E402
 from diffusion_lib.device import randn, resolve_device  # noqa: E402
@@ -72,7 +73,7 @@ def main() -> int:
     device = resolve_device(args.device)
     loaded = load_model(args.checkpoint, device=device)
     n, d = args.num_samples, loaded.data
-    judge, reference, floor = real_digit_features(n)
+    judge, reference, floor = real_digit_features(n, d["image_size"])  # real digits at the model's size
     labels = cycle_labels(n, d["num_classes"]).to(device)
     noise = randn((n, d["channels"], d["image_size"], d["image_size"]), torch.Generator().manual_seed(args.seed), "cpu")
     noise = noise.to(device)

@@ -23,7 +23,6 @@ Exit status 1 if a target is missed: accuracy at guidance 3 below ``--min-accura
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
@@ -39,6 +38,7 @@ from judge_digits import real_digit_features, score_samples  # noqa: E402
 from diffusion_lib.checkpoint import load_model  # noqa: E402
 from diffusion_lib.config import load_config  # noqa: E402
 from diffusion_lib.device import randn, resolve_device  # noqa: E402
+from diffusion_lib.run_log import read_run_summary  # noqa: E402
 from diffusion_lib.sampling import cycle_labels  # noqa: E402
 from diffusion_lib.training import Trainer  # noqa: E402
 
@@ -79,7 +79,9 @@ def main() -> int:
         subprocess.run([sys.executable, "-m", "diffusion_lib", "train", "--config", args.config, "--output", str(run),
                         "--no-progress"], check=True)
         print(f"training command: {time.perf_counter() - start:.0f} s wall")
-    summary = json.loads((run / "run.json").read_text())["payload"]
+    summary = read_run_summary(run)  # run.json through the artifact loader
+    if not summary:
+        sys.exit(f"main_job: no readable run.json in {run}; train first (--train --config ...)")
     print(f"run {run}: step {summary['step']}, training loop {summary['wall_seconds']:.0f} s, "
           f"final loss {summary['final_loss']:.4f}, {summary['images_per_sec']:.0f} images/s, "
           f"torch threads {torch.get_num_threads()}")

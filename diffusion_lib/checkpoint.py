@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .artifacts import load_artifact, save_artifact  # noqa: F401  (also re-exported: the old home of the format)
+from .artifacts import load_artifact, save_artifact
 from .config import ExperimentConfig, from_dict
 from .models import build_model
 from .objectives import build_schedule

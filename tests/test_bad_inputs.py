@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion_lib import checkpoint
+from diffusion_lib import artifacts, checkpoint
 from diffusion_lib import config as cfg
 from diffusion_lib.cli import main
 from diffusion_lib.config import load_config
@@ -404,7 +404,7 @@ API_CASES = [
          r"is a folder, not a file"),
     Case("load_checkpoint code", lambda f, out: checkpoint.load_checkpoint(
         Path(f["bad"]) / "code.ckpt"), r"code.ckpt contains code .*was refused"),
-    Case("save_artifact version string", lambda f, out: checkpoint.save_artifact(
+    Case("save_artifact version string", lambda f, out: artifacts.save_artifact(
         out / "x.pt", "thing", {}, version="1"), r"version must be an int >= 1; got '1'"),
     Case("Trainer image size not divisible", lambda f, out: _trainer(out / "run", "data.image_size=9", image_size=9).train(),
          r"image size \(9, 9\) is not divisible"),

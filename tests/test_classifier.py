@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from diffusion_lib.data import load_dataset
-from diffusion_lib.checkpoint import save_artifact
+from diffusion_lib.artifacts import save_artifact
 from diffusion_lib.classifier_training import load_classifier, save_classifier, train_classifier
 from diffusion_lib.models.classifier import Classifier
 from diffusion_lib.schedules import NoiseSchedule

@@ -231,7 +231,7 @@ def test_demo_folder_cleaning_finds_exactly_the_planted_problems(tmp_path):
 
 
 def test_cache_is_a_data_cache_artifact_and_other_kinds_are_rebuilt(tmp_path):
-    from diffusion_lib.checkpoint import load_artifact, save_artifact
+    from diffusion_lib.artifacts import load_artifact, save_artifact
 
     ds = load_dataset("digits", image_size=8)
     path = tmp_path / "digits.pt"

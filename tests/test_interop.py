@@ -235,7 +235,7 @@ def test_save_pretrained_replaces_atomically_and_refuses_foreign_folders(tiny_co
 
 
 def test_metadata_is_a_diffusers_metadata_artifact_and_a_foreign_one_is_refused(tiny_unet, tmp_path):
-    from diffusion_lib.checkpoint import load_artifact
+    from diffusion_lib.artifacts import load_artifact
     from diffusion_lib.interop import METADATA_FILE, METADATA_KIND
 
     folder = save_pretrained(tiny_unet, NoiseSchedule("linear", 100), tmp_path / "m", image_size=8)

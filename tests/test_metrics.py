@@ -254,7 +254,7 @@ def test_format_report_lists_every_score_and_note():
 
 
 def test_caches_are_artifacts_and_broken_ones_are_rebuilt(digits, tmp_path, offline):
-    from diffusion_lib.checkpoint import load_artifact
+    from diffusion_lib.artifacts import load_artifact
 
     _, real, labels = digits
     ext = metrics.domain_extractor(real[:200], labels[:200], dataset="d", cache_dir=tmp_path, device="cpu", steps=2)

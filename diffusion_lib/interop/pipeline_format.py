@@ -9,7 +9,7 @@ place by :func:`diffusion_lib.atomic.atomic_write_folder`)::
       unet/config.json                      our UNet's constructor arguments + sample_size
       unet/diffusion_pytorch_model.safetensors
       scheduler/scheduler_config.json       DDPMScheduler with trained_betas = our betas
-      diffusion_lib.json                    artifact kind "diffusers_metadata" (diffusion_lib.checkpoint):
+      diffusion_lib.json                    artifact kind "diffusers_metadata" (diffusion_lib.artifacts):
                                             schedule name, prediction type, data info, step, experiment config
 
 Our network is not a diffusers ``UNet2DModel``; :class:`DiffusersUNet` wraps it in a ``ModelMixin`` +
@@ -34,8 +34,9 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_2d import UNet2DOutput
 from torch import nn
 
+from ..artifacts import load_artifact, save_artifact
 from ..atomic import atomic_write_folder
-from ..checkpoint import LoadedModel, load_artifact, save_artifact
+from ..checkpoint import LoadedModel
 from ..device import resolve_device
 from ..diffusion import check_prediction_type
 from ..models.unet import build_unet
@@ -135,7 +136,7 @@ def save_pretrained(model: LoadedModel | nn.Module, schedule: NoiseSchedule | No
         ValueError: missing schedule / image size, a VAE or foreign module, a bad prediction type.
         FileExistsError: ``folder`` exists and ``overwrite`` is False or it is not a saved pipeline.
 
-    The metadata file is written with :func:`diffusion_lib.checkpoint.save_artifact` (kind
+    The metadata file is written with :func:`diffusion_lib.artifacts.save_artifact` (kind
     "diffusers_metadata", JSON); the whole folder with :func:`diffusion_lib.atomic.atomic_write_folder`.
     """
     loaded = model if isinstance(model, LoadedModel) else None
@@ -180,7 +181,7 @@ def load_pretrained(folder: str | os.PathLike, device: str | torch.device = "cpu
     """Load a model saved by :func:`save_pretrained` (pipeline folder, or its ``unet/`` model folder).
 
     The schedule is rebuilt from ``diffusion_lib.json`` (artifact kind "diffusers_metadata", read with
-    :func:`diffusion_lib.checkpoint.load_artifact`: name, T, arguments) when present, else
+    :func:`diffusion_lib.artifacts.load_artifact`: name, T, arguments) when present, else
     from the scheduler config's ``trained_betas``; either way it is checked against the
     scheduler's betas.
 
