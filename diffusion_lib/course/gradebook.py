@@ -27,11 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import annotations as ann
-from .nbcourse import LIBRARY_NOTEBOOK, answer_text, quote
+from .nbcourse import LIBRARY_NOTEBOOK, STATUS_CELL, answer_text, quote
 from .nbgrading import is_autograde, nb_cells, nb_meta
 from .tasks import Course
 
-STATUS_CELL = "grader_status"
 MAX_ANNOTATION = 300
 BASE_COLUMNS = ["student", "archive", "status", "flagged"]
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from .nbgrading import nb_cells, nb_meta
 
 LIBRARY_NOTEBOOK = "library"  # the stem of the generated notebook that holds the library tasks' grades
-STATUS_CELL = "grader_status"
+STATUS_CELL = "grader_status"  # the locked cell of library.ipynb whose comment holds the status line
 MAX_ANSWER = 4000  # characters of an answer quoted in the feedback
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S.%f %Z"  # nbgrader's Exchange.timestamp_format
 NO_ANSWER = "(no answer: this cell is missing from the submission)"
