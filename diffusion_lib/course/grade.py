@@ -377,10 +377,14 @@ def grade(submissions_dir: str | Path, output_dir: str | Path, repo_root: str | 
 
     main_thread = threading.current_thread() is threading.main_thread()
     previous = {}
+    # The signal is also kept: an exception raised in a handler is lost when it lands where Python ignores
+    # exceptions (a finalizer, logging's lock release after a fork), so each submission's end checks it too.
+    received: list[int] = []
     if main_thread:
         def stop(signum, frame):
             for number in (signal.SIGINT, signal.SIGTERM):  # a second signal must not cut the cleanup short
                 signal.signal(number, signal.SIG_IGN)
+            received.append(signum)
             raise Stopped(signum)
         previous = {number: signal.signal(number, stop) for number in (signal.SIGINT, signal.SIGTERM)}
     work = None
@@ -432,6 +436,8 @@ def grade(submissions_dir: str | Path, output_dir: str | Path, repo_root: str | 
             if sub.status != "graded":
                 sub.task_scores = {t.id: 0.0 for t in course.tasks if t.autograded}
                 sub.cell_scores = {}
+            if received:  # a signal whose exception was lost: stop here, before this result is kept
+                raise Stopped(received[0])
             if box.stopped:  # its sandboxes were refused or killed: the result is not the submission's
                 raise Stopped(0)
             if key:
@@ -452,6 +458,8 @@ def grade(submissions_dir: str | Path, output_dir: str | Path, repo_root: str | 
                 pool.shutdown(wait=False, cancel_futures=True)
         else:
             submissions = [one(item) for item in todo]
+        if received:
+            raise Stopped(received[0])
         layout = run.layout
         released = {Path(rel).stem: json.loads((run.student_release / rel).read_text(encoding="utf-8"))
                     for rel in run.notebooks}
