@@ -1,5 +1,6 @@
 """Shared fixtures: small models and schedules that make the core tests fast on 2 CPU cores."""
 
+import json
 import os
 from pathlib import Path
 
@@ -7,6 +8,8 @@ import pytest
 import torch
 
 from diffusion_lib import ConditionalUNet, NoiseSchedule, UNet
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "outputs" / "test-artifacts"
 
 
 class BrightnessClassifier(torch.nn.Module):
@@ -90,18 +93,69 @@ def smoke_run(tmp_path_factory):
     return run
 
 
+# What the early preparations make, in the order a whole run needs them (test files run in name order:
+# test_docker_image, test_hub, test_student_release), and the fixture whose tests want each one.
+EARLY = ("course_images", "hub_image", "student_release")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def early(request, tmp_path_factory):
+    """The slow I/O-bound preparations (tests/background.py), started now when collected tests need them.
+
+    The engine started for them (tests/docker_engine.py) is stopped at the end of the session, after every
+    other session fixture, as an engine started here always was.
+    """
+    from background import Early
+    from docker_engine import Engine, build_course_images, build_hub_image
+    from student_setup import set_up_student_release
+
+    def engine():
+        return Engine(tmp_path_factory.mktemp("docker")).start()
+
+    def images():
+        return build_course_images(preparations.result("docker_engine"), tmp_path_factory.mktemp("images"))
+
+    def hub_image():
+        return build_hub_image(preparations.result("docker_engine"), tmp_path_factory.mktemp("hub-image"))
+
+    def student():
+        return set_up_student_release(tmp_path_factory.mktemp("student") / "course-release")
+
+    preparations = Early({"docker_engine": engine, "course_images": images, "hub_image": hub_image,
+                          "student_release": student})
+    wanted = set().union(*(item.fixturenames for item in request.session.items))
+    preparations.start(*(name for name in EARLY if name in wanted))
+    try:
+        yield preparations
+    finally:
+        started = preparations.started("docker_engine")
+        if started is not None:
+            started.stop()
+        if preparations.seconds:  # what running them beside the other tests saved: their time less the waits
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            (ARTIFACTS / "early-preparations.json").write_text(json.dumps(
+                {"seconds": preparations.seconds, "waited_seconds": preparations.waited}, indent=2) + "\n")
+
+
 @pytest.fixture(scope="session")
-def docker_engine(tmp_path_factory):
+def docker_engine(early):
     """A running Docker engine (tests/docker_engine.py): started for the session if none runs."""
-    from docker_engine import started_engine
-
-    with started_engine(tmp_path_factory.mktemp("docker")) as engine:
-        yield engine
+    return early.result("docker_engine")
 
 
 @pytest.fixture(scope="session")
-def course_images(docker_engine, tmp_path_factory):
+def course_images(early):
     """The instructor and student images, built once per session with `docker compose build`."""
-    from docker_engine import build_course_images
+    return early.result("course_images")
 
-    return build_course_images(docker_engine, tmp_path_factory.mktemp("images"))
+
+@pytest.fixture(scope="session")
+def hub_image(early):
+    """test_hub's hub image, built from deploy/hub/ once per session."""
+    return early.result("hub_image")
+
+
+@pytest.fixture(scope="session")
+def student_release(early):
+    """A course release set up as its README says, without Docker (tests/student_setup.py)."""
+    return early.result("student_release")

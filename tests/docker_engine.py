@@ -23,7 +23,6 @@ when something is missing.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import http.server
@@ -48,6 +47,9 @@ STANDIN_VENV = "/opt/python"
 STANDIN_PATH = f"{STANDIN_VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 IMAGE_LABEL = "org.diffusion-lib.test-image"  # on every image the tests build, so they can be pruned
+HUB_DIR = REPO / "deploy" / "hub"
+HUB_IMAGE = "diffusion-lib-test-hub:latest"
+HUB_PROJECT = "diffusion-lib-hub-test"  # the compose project of test_hub's hub
 
 
 def missing(what: str):
@@ -322,16 +324,6 @@ def standin_base(engine: Engine, workdir: Path) -> str:
     return tag
 
 
-@contextlib.contextmanager
-def started_engine(workdir: Path):
-    """The engine for one test session: started if needed, stopped at the end if started here."""
-    engine = Engine(workdir).start()
-    try:
-        yield engine
-    finally:
-        engine.stop()
-
-
 # ---------------------------------------------------------------------------------------------------
 # the two course images, built as a user builds them
 
@@ -426,3 +418,32 @@ def build_course_images(engine: Engine, workdir: Path, uid: int = 1000) -> Cours
     (artifacts / "docker-image.json").write_text(json.dumps(report, indent=2) + "\n")
     return CourseImages(engine, f"{tag}:instructor", f"{tag}:student", instructor_dir, student_dir,
                         override, report)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the hub's image (deploy/hub/), built as an instructor builds it
+
+
+@dataclasses.dataclass
+class HubImage:
+    """The hub image built from deploy/hub/ with `docker compose build` and the test's compose file."""
+
+    tag: str
+    override: Path  # the test's compose file: the image tag and the build's arguments (stand-in base, pip)
+    build_seconds: float
+
+
+def build_hub_image(engine: Engine, workdir: Path, tag: str = HUB_IMAGE) -> HubImage:
+    """`docker compose build hub` in deploy/hub/ on the stand-in base, with this machine's pip settings."""
+    servers = LocalIndexServers()
+    try:
+        args = dict(pip_build_args(servers), BASE_IMAGE=standin_base(engine, workdir))
+        override = workdir / "compose.test.yml"
+        override.write_text(json.dumps({"services": {"hub": {
+            "image": tag, "build": {"network": "host", "args": args, "labels": {IMAGE_LABEL: "1"}}}}}, indent=2))
+        start = time.monotonic()
+        engine.compose(HUB_DIR, "build", "hub", files=["docker-compose.yml", override], project=HUB_PROJECT,
+                       timeout=1800)
+        return HubImage(tag, override, round(time.monotonic() - start, 1))
+    finally:
+        servers.close()

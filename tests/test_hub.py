@@ -45,14 +45,11 @@ from pathlib import Path
 
 import pytest
 
-from docker_engine import IMAGE_LABEL, LocalIndexServers, missing, pip_build_args, run, standin_base
+from docker_engine import HUB_DIR, HUB_PROJECT as PROJECT, missing, run
 
 REPO = Path(__file__).resolve().parents[1]
-HUB_DIR = REPO / "deploy" / "hub"
 ARTIFACTS = REPO / "outputs" / "test-artifacts"
-PROJECT = "diffusion-lib-hub-test"
 HUB_CONTAINER = "diffusion-lib-hub"                  # container_name in deploy/hub/docker-compose.yml
-HUB_IMAGE = "diffusion-lib-test-hub:latest"
 # Names no real class would use: the test removes their containers and volumes (course-<name>). Letters
 # only: DockerSpawner escapes other characters in container names ("-" becomes "-2d").
 INSTRUCTOR = "testprof"
@@ -80,8 +77,8 @@ def _free_port() -> int:
 class Hub:
     """The running hub: its URL, the engine, the folders it was given and what the tests measured."""
 
-    def __init__(self, engine, workdir: Path, images, env: dict):
-        self.engine, self.workdir, self.images, self.env = engine, workdir, images, env
+    def __init__(self, engine, override: Path, images, env: dict):
+        self.engine, self.override, self.images, self.env = engine, override, images, env
         self.url = f"http://127.0.0.1:{env['HUB_PORT']}"
         self.handins = Path(env["COURSE_HANDINS_HOST_DIR"])
         self.grading = Path(env["COURSE_GRADING_HOST_DIR"])
@@ -89,7 +86,7 @@ class Hub:
         self._token = None
 
     def compose(self, *args, env=None, **kwargs):
-        return self.engine.compose(HUB_DIR, *args, files=["docker-compose.yml", self.workdir / "compose.test.yml"],
+        return self.engine.compose(HUB_DIR, *args, files=["docker-compose.yml", self.override],
                                    project=PROJECT, env=dict(self.env, **(env or {})), **kwargs)
 
     def exec(self, user: str, script: str, *, check=True, as_root=False):
@@ -163,7 +160,7 @@ def _remove_class(engine):
 
 
 @pytest.fixture(scope="module")
-def hub(docker_engine, course_images, tmp_path_factory):
+def hub(docker_engine, course_images, hub_image, tmp_path_factory):
     if os.geteuid() != 0:
         missing("the hub test runs the hub as root (it makes each student's hand-in folder)")
     engine = docker_engine
@@ -183,19 +180,8 @@ def hub(docker_engine, course_images, tmp_path_factory):
            "COURSE_HANDINS_HOST_DIR": str(handins), "COURSE_DATASETS_HOST_DIR": str(datasets),
            "COURSE_GRADING_HOST_DIR": str(grading),
            "COURSE_CPU_MEM": "4G", "COURSE_CPU_CORES": "2"}
-    servers = LocalIndexServers()
-    try:
-        base = standin_base(engine, workdir)
-        args = dict(pip_build_args(servers), BASE_IMAGE=base)
-        (workdir / "compose.test.yml").write_text(json.dumps({"services": {"hub": {
-            "image": HUB_IMAGE,
-            "build": {"network": "host", "args": args, "labels": {IMAGE_LABEL: "1"}}}}}, indent=2))
-        the_hub = Hub(engine, workdir, course_images, env)
-        start = time.monotonic()
-        the_hub.compose("build", "hub", timeout=1800)
-        the_hub.timeline["hub_build_seconds"] = round(time.monotonic() - start, 1)
-    finally:
-        servers.close()
+    the_hub = Hub(engine, hub_image.override, course_images, env)
+    the_hub.timeline["hub_build_seconds"] = hub_image.build_seconds
     _remove_class(engine)
     start = time.monotonic()
     the_hub.compose("up", "-d", "hub")
@@ -459,7 +445,7 @@ def test_each_student_hands_in_and_the_instructor_grades_them(hub, classroom, tm
     start = time.monotonic()
     grading = hub.grading    # the folder the staff's servers mount (COURSE_GRADING_HOST_DIR)
     run([sys.executable, "-m", "diffusion_lib", "course", "grade", str(collected), "--output", str(grading),
-         "--sandbox", "docker", "--image", hub.images.student, "--jobs", "1"], cwd=REPO, timeout=1800)
+         "--sandbox", "docker", "--image", hub.images.student, "--jobs", "2"], cwd=REPO, timeout=1800)
     hub.timeline["grade_seconds"] = round(time.monotonic() - start, 1)
     # as docs/class.md says: the staff's server (the image's user) saves hand grades into this folder
     run(["chown", "-R", f"{STUDENT_UID}:{STUDENT_UID}", str(grading)])

@@ -6,50 +6,22 @@ Everything below then runs with that venv's Python, as a student without Docker 
 must report real test results for every tested task (last round it ran no test: pytest was missing), and
 notebooks 01-04 must run in the smoke profile in the untouched release (part 2 of the homework needs
 notebook 04 before part 3, the ConditionalUNet, is written).
+
+The release and its venv are made by conftest's `student_release` (tests/student_setup.py), started
+with the session so that its pip install runs beside the CPU-bound tests.
 """
 
 import json
 import re
 import subprocess
-import sys
-from pathlib import Path
 
-import pytest
-
-REPO = Path(__file__).resolve().parents[1]
 TESTED_TASKS = ("1", "3.2a", "3.2b")
 
 
-def _setup_line(readme: str) -> str:
-    """The indented command line that follows "Without Docker" in the release README."""
-    after = readme.split("Without Docker", 1)[1]
-    lines = [line.strip() for line in after.splitlines() if line.startswith("    ") and line.strip()]
-    assert lines, "the release README gives no set-up command after 'Without Docker'"
-    return lines[0]
-
-
-@pytest.fixture(scope="module")
-def student(tmp_path_factory):
-    """A release in a fresh folder, set up with its README's command, verbatim."""
-    folder = tmp_path_factory.mktemp("student") / "course-release"
-    subprocess.run([sys.executable, "-m", "diffusion_lib", "course", "release", "--output", str(folder)],
-                   check=True, capture_output=True, text=True, cwd=REPO, timeout=300)
-    line = _setup_line((folder / "README.md").read_text())
-    assert line.startswith("python3 -m venv .venv && .venv/bin/pip install -r requirements.txt"), line
-    setup = subprocess.run(["bash", "-c", line], cwd=folder, capture_output=True, text=True, timeout=1800)
-    assert setup.returncode == 0, setup.stdout[-3000:] + setup.stderr[-3000:]
-    python = folder / ".venv" / "bin" / "python"
-    where = subprocess.run([str(python), "-c", "import diffusion_lib, pytest; print(diffusion_lib.__file__)"],
-                           capture_output=True, text=True, cwd=folder.parent, timeout=120)
-    assert where.returncode == 0, where.stderr
-    assert Path(where.stdout.strip()).is_relative_to(folder), "the venv must import the release's own library"
-    return {"folder": folder, "python": python, "setup_line": line}
-
-
-def test_course_check_runs_the_tests_of_every_tested_task(student):
+def test_course_check_runs_the_tests_of_every_tested_task(student_release):
     """The README's check command, with the venv's python: every tested task reports test results."""
-    result = subprocess.run([str(student["python"]), "-m", "diffusion_lib", "course", "check"],
-                            cwd=student["folder"], capture_output=True, text=True, timeout=1200)
+    result = subprocess.run([str(student_release["python"]), "-m", "diffusion_lib", "course", "check"],
+                            cwd=student_release["folder"], capture_output=True, text=True, timeout=1200)
     out = result.stdout + result.stderr
     assert result.returncode == 1, out  # an untouched release is not done
     assert "no test ran" not in out, out
@@ -62,11 +34,11 @@ def test_course_check_runs_the_tests_of_every_tested_task(student):
     assert "0/8 tasks done" in out
 
 
-def test_notebooks_01_to_04_run_in_the_untouched_release(student):
-    out_dir = student["folder"] / "outputs" / "notebooks"
+def test_notebooks_01_to_04_run_in_the_untouched_release(student_release):
+    out_dir = student_release["folder"] / "outputs" / "notebooks"
     result = subprocess.run(
-        [str(student["python"]), "-m", "diffusion_lib", "notebooks", "run", "01", "02", "03", "04", "--profile",
-         "smoke", "--output", str(out_dir)], cwd=student["folder"], capture_output=True, text=True, timeout=1500)
+        [str(student_release["python"]), "-m", "diffusion_lib", "notebooks", "run", "01", "02", "03", "04", "--profile",
+         "smoke", "--output", str(out_dir)], cwd=student_release["folder"], capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     executed = sorted(out_dir.glob("0[1-4]_*.ipynb"))
     assert len(executed) == 4, executed
