@@ -442,8 +442,10 @@ def build_hub_image(engine: Engine, workdir: Path, tag: str = HUB_IMAGE) -> HubI
         override.write_text(json.dumps({"services": {"hub": {
             "image": tag, "build": {"network": "host", "args": args, "labels": {IMAGE_LABEL: "1"}}}}}, indent=2))
         start = time.monotonic()
+        # compose interpolates the whole file, volumes included, before it builds: the one required
+        # variable gets a folder here (the build itself does not use it)
         engine.compose(HUB_DIR, "build", "hub", files=["docker-compose.yml", override], project=HUB_PROJECT,
-                       timeout=1800)
+                       env={"COURSE_HANDINS_HOST_DIR": str(workdir / "handins")}, timeout=1800)
         return HubImage(tag, override, round(time.monotonic() - start, 1))
     finally:
         servers.close()
