@@ -93,8 +93,8 @@ def smoke_run(tmp_path_factory):
     return run
 
 
-# What the early preparations make, in the order a whole run needs them (test files run in name order:
-# test_docker_image, test_hub, test_student_release), and the fixture whose tests want each one.
+# The early preparations, in the order a whole run needs them (test files run in name order: test_docker_image,
+# test_hub, test_student_release). Each is also a session fixture of the same name.
 EARLY = ("course_images", "hub_image", "student_release")
 
 
@@ -137,25 +137,16 @@ def early(request, tmp_path_factory):
                 {"seconds": preparations.seconds, "waited_seconds": preparations.waited}, indent=2) + "\n")
 
 
-@pytest.fixture(scope="session")
-def docker_engine(early):
-    """A running Docker engine (tests/docker_engine.py): started for the session if none runs."""
-    return early.result("docker_engine")
+def _prepared(name: str, doc: str):
+    """A session fixture `name` whose value is the early preparation `name` (waited for, or made then)."""
+    def fixture(early):
+        return early.result(name)
+    fixture.__doc__ = doc
+    return pytest.fixture(scope="session", name=name)(fixture)
 
 
-@pytest.fixture(scope="session")
-def course_images(early):
-    """The instructor and student images, built once per session with `docker compose build`."""
-    return early.result("course_images")
-
-
-@pytest.fixture(scope="session")
-def hub_image(early):
-    """test_hub's hub image, built from deploy/hub/ once per session."""
-    return early.result("hub_image")
-
-
-@pytest.fixture(scope="session")
-def student_release(early):
-    """A course release set up as its README says, without Docker (tests/student_setup.py)."""
-    return early.result("student_release")
+docker_engine = _prepared("docker_engine", "A running Docker engine (tests/docker_engine.py): started if none runs.")
+course_images = _prepared("course_images", "The instructor and student images, built with `docker compose build`.")
+hub_image = _prepared("hub_image", "test_hub's hub image, built from deploy/hub/ (tests/docker_engine.py).")
+student_release = _prepared("student_release", "A course release set up as its README says, without Docker "
+                                               "(tests/student_setup.py).")
