@@ -1,10 +1,10 @@
 """Slow preparations started when the session starts, so that they run beside the CPU-bound tests.
 
-The image builds and the student's venv spend most of their time in pip downloads, wheel unpacking and
-the engine's layer writes: one core's worth of work or less. Started in one background thread as the
-first test starts (conftest's `early`), they are done, or nearly, when the first test that needs them
-comes; meanwhile the training and notebook tests keep the other core. One thread, so never two of them
-at once, and they run in the order given (the order the tests need them in).
+The image builds and the student's venv are mostly pip downloads, wheel unpacking and the engine's layer
+writes: at most one core's work, though not free (unpacking slows the tests beside it; docs/benchmarks.md
+has the measured runs). Started in one background thread as the first test starts (conftest's `early`),
+they are done when the first test that needs them comes. One thread, so never two of them at once, and
+they run in the order given (the order the tests need them in).
 
 A fixture asks with `result(name)`: it waits for a preparation already started, and runs one that was
 not started yet (or not started at all: its tests were not collected) in its own thread, at once: a
@@ -69,9 +69,10 @@ class Early:
         if future is None or not (future.running() or future.done()):
             return None
         try:
-            return future.result(timeout=timeout)
-        except BaseException:
+            error = future.exception(timeout=timeout)  # the preparation's own exception is returned, not raised
+        except TimeoutError:
             return None
+        return None if error is not None else future.result()
 
     @staticmethod
     def _claim(future: Future) -> bool:

@@ -100,7 +100,7 @@ EARLY = ("course_images", "hub_image", "student_release")
 
 @pytest.fixture(scope="session", autouse=True)
 def early(request, tmp_path_factory):
-    """The slow I/O-bound preparations (tests/background.py), started now when collected tests need them.
+    """The slow preparations (tests/background.py), started now when the collected tests need them.
 
     The engine started for them (tests/docker_engine.py) is stopped at the end of the session, after every
     other session fixture, as an engine started here always was.
@@ -131,7 +131,7 @@ def early(request, tmp_path_factory):
         started = preparations.started("docker_engine")
         if started is not None:
             started.stop()
-        if preparations.seconds:  # what running them beside the other tests saved: their time less the waits
+        if preparations.seconds:  # each one's time and the wait for it: what running beside the tests hid
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             (ARTIFACTS / "early-preparations.json").write_text(json.dumps(
                 {"seconds": preparations.seconds, "waited_seconds": preparations.waited}, indent=2) + "\n")
