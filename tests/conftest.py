@@ -124,6 +124,7 @@ def early(request, tmp_path_factory):
     preparations = Early({"docker_engine": engine, "course_images": images, "hub_image": hub_image,
                           "student_release": student})
     wanted = set().union(*(item.fixturenames for item in request.session.items))
+    tmp_path_factory.getbasetemp()  # made here first: pytest makes it lazily, and not thread-safely
     preparations.start(*(name for name in EARLY if name in wanted))
     try:
         yield preparations
